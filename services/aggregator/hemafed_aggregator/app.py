@@ -1,0 +1,81 @@
+"""FastAPI app of the aggregator: ``uvicorn hemafed_aggregator.app:create_app --factory``.
+
+On start-up it builds the strategy, the hospital clients and the round loop, and (with
+AUTO_START) runs the federation in the background while the API reports its progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+from fastapi import FastAPI
+
+from hemafed.logs import setup_logging
+from hemafed.schemas import FitConfig
+from hemafed.web import BodySizeLimitMiddleware
+from hemafed_aggregator.clients import HttpHospitalClient
+from hemafed_aggregator.reporting import MetricsReporter
+from hemafed_aggregator.routes import health, rounds, status
+from hemafed_aggregator.server import FederatedServer
+from hemafed_aggregator.settings import AggregatorSettings, RunConfig
+from hemafed_aggregator.strategies import build_strategy
+
+log = logging.getLogger("hemafed.aggregator")
+
+
+def fit_config_of(run: RunConfig) -> FitConfig:
+    return FitConfig(local_epochs=run.local_epochs, batch_size=run.batch_size, learning_rate=run.learning_rate,
+                     optimizer=run.optimizer, augment=run.augment, class_weighting=run.class_weighting)
+
+
+def build_server(settings: AggregatorSettings, run: RunConfig, http: httpx.AsyncClient) -> FederatedServer:
+    if not settings.hospitals:
+        raise ValueError("HOSPITALS is empty: name at least one hospital as id=url")
+    strategy = build_strategy(run.strategy, fit_config=fit_config_of(run), fraction_fit=run.fraction_fit,
+                              min_fit_clients=run.min_clients, **run.strategy_params)
+    clients = [HttpHospitalClient(hid, url, http) for hid, url in settings.hospitals.items()]
+    return FederatedServer(run=run, strategy=strategy, clients=clients,
+                           reporter=MetricsReporter(settings.metrics_url, http),
+                           output_dir=settings.output_dir, test_dir=settings.test_dir)
+
+
+def create_app(settings: AggregatorSettings | None = None, run: RunConfig | None = None,
+               http: httpx.AsyncClient | None = None, report_resources: bool = True) -> FastAPI:
+    settings = settings or AggregatorSettings()
+    run = run or RunConfig()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        setup_logging("aggregator")
+        from hemafed.training import configure_threads
+
+        configure_threads(settings.tf_threads)
+        client = http or httpx.AsyncClient()
+        app.state.server = build_server(settings, run, client)
+        reporter = None
+        if report_resources and settings.metrics_url:
+            from hemafed.resources import ResourceReporter
+
+            reporter = ResourceReporter("aggregator", settings.metrics_url, interval=settings.sample_interval)
+            await reporter.start()
+        task = asyncio.create_task(app.state.server.run()) if settings.auto_start else None
+        app.state.run_task = task
+        try:
+            yield
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if reporter is not None:
+                await reporter.stop()
+            if http is None:
+                await client.aclose()
+
+    app = FastAPI(title="HemaFed aggregator", lifespan=lifespan)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    for r in (health, status, rounds):
+        app.include_router(r.router)
+    return app

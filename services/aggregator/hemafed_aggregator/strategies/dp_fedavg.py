@@ -1,0 +1,161 @@
+"""DP-FedAvg with fixed clipping: McMahan et al., "Learning Differentially Private Recurrent
+Language Models", ICLR 2018, Algorithm 1 (as TFF's ``DifferentiallyPrivateFactory.gaussian_fixed``).
+
+Client-level differential privacy, server side. Per round, with ``x`` the global model::
+
+    Delta_k  = pi(w_k - x, S) = (w_k - x) * min(1, S / ||w_k - x||)       (clip, L2 over all tensors)
+    Delta    = (sum_k Delta_k + N(0, (z S)^2 I)) / D                      (fixed denominator D)
+    x       <- x + eta Delta
+
+i.e. noise of std ``z S / D`` per coordinate on the average. Every hospital counts the same
+(TFF's fixed-clip aggregator; McMahan et al.'s ``w_k`` capped at 1). ``D`` is
+``expected_clients_per_round`` when given, else ``num_fit_clients(num_clients)`` when
+``num_clients`` is given, else the number of hospitals selected by the last ``configure_train``
+(not the number that answered: the denominator must not depend on the data), else the number
+of results.
+
+Privacy (:meth:`epsilon`): ``t`` rounds of the Poisson-subsampled Gaussian mechanism with
+sampling probability ``q`` and noise multiplier ``z``, RDP-accounted with ``dp_accounting``
+(:func:`hemafed.privacy.rdp_epsilon`), at ``delta`` (default 1e-5). ``q`` is
+``num_fit_clients(num_clients) / num_clients`` when ``num_clients`` is given, else
+``fraction_fit``. Caveats: the server samples a fixed-size subset without replacement, not
+Poisson; accounting it as Poisson with the same ``q`` is the usual approximation (as TFF's
+tutorials do). The guarantee needs a trusted server: it sees the unclipped models.
+
+Noise comes from ``numpy.random.default_rng(noise_seed)``; its state is in :meth:`state_dict`
+so a resumed run draws the same noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from hemafed.privacy import rdp_epsilon
+from hemafed_aggregator.aggregation import check_same_structure, clip_by_global_norm, subtract
+from hemafed_aggregator.strategies.base import ClientRef, Failure, FitIns, FitRes, Strategy, Weights
+
+
+class DPFedAvg(Strategy):
+    name = "dp_fedavg"
+
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float = 1.0,
+        clip_norm: float = 1.0,
+        expected_clients_per_round: float | None = None,
+        num_clients: int | None = None,
+        delta: float = 1e-5,
+        server_lr: float = 1.0,
+        noise_seed: int | None = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if noise_multiplier < 0:
+            raise ValueError("noise_multiplier must be >= 0")
+        if clip_norm <= 0:
+            raise ValueError("clip_norm must be positive")
+        if expected_clients_per_round is not None and expected_clients_per_round <= 0:
+            raise ValueError("expected_clients_per_round must be positive")
+        if num_clients is not None and num_clients < 1:
+            raise ValueError("num_clients must be >= 1")
+        if not 0.0 < delta < 1.0:
+            raise ValueError("delta must be in (0, 1)")
+        if server_lr <= 0:
+            raise ValueError("server_lr must be positive")
+        self.noise_multiplier = float(noise_multiplier)
+        self.clip_norm = float(clip_norm)
+        self.expected_clients_per_round = expected_clients_per_round
+        self.num_clients = num_clients
+        self.delta = delta
+        self.server_lr = server_lr
+        self.noise_seed = noise_seed
+        self.rng = np.random.default_rng(noise_seed)
+        self.last_selected: int | None = None
+        #: L2 norms of the last round's updates before clipping, by hospital (for monitoring)
+        self.last_norms: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ mechanism
+
+    @property
+    def sampling_probability(self) -> float:
+        """q: the fraction of hospitals taking part in a round."""
+        if self.num_clients is not None:
+            return self.num_fit_clients(self.num_clients) / self.num_clients
+        return self.fraction_fit
+
+    def denominator(self, num_results: int) -> float:
+        if self.expected_clients_per_round is not None:
+            return float(self.expected_clients_per_round)
+        if self.num_clients is not None:
+            return float(self.num_fit_clients(self.num_clients))
+        if self.last_selected:
+            return float(self.last_selected)
+        return float(num_results)
+
+    def noise_std(self, num_results: int) -> float:
+        """Per-coordinate std of the noise on the averaged update: ``z S / D``."""
+        return self.noise_multiplier * self.clip_norm / self.denominator(num_results)
+
+    def configure_train(
+        self, rnd: int, weights: Weights, clients: list[ClientRef], rng: np.random.Generator
+    ) -> list[tuple[ClientRef, FitIns]]:
+        chosen = super().configure_train(rnd, weights, clients, rng)
+        self.last_selected = len(chosen)
+        return chosen
+
+    def aggregate_train(self, rnd: int, weights: Weights, results: list[FitRes], failures: list[Failure]) -> Weights:
+        if not results:
+            return weights
+        check_same_structure([weights, *(r.weights for r in results)])
+        total = [np.zeros(np.shape(w), dtype=np.float64) for w in weights]
+        self.last_norms = {}
+        for r in results:
+            clipped, norm = clip_by_global_norm(subtract(
+                [np.asarray(x, dtype=np.float64) for x in r.weights], [np.asarray(w, dtype=np.float64) for w in weights]
+            ), self.clip_norm)
+            self.last_norms[r.hospital_id] = norm
+            for acc, c in zip(total, clipped):
+                acc += c
+        d = self.denominator(len(results))
+        sigma = self.noise_multiplier * self.clip_norm
+        noised = [(t + self.rng.normal(0.0, sigma, size=t.shape)) / d if sigma > 0 else t / d for t in total]
+        return [(np.asarray(w, dtype=np.float64) + self.server_lr * u).astype(w.dtype) for w, u in zip(weights, noised)]
+
+    # ------------------------------------------------------------------ privacy
+
+    def epsilon(self, rounds: int) -> float:
+        """Client-level epsilon at ``self.delta`` after ``rounds`` rounds (``inf`` without noise)."""
+        return rdp_epsilon(self.sampling_probability, self.noise_multiplier, rounds, self.delta)
+
+    def round_report(self, rnd: int) -> dict[str, Any]:
+        """``{"dp_epsilon", "dp_delta"}`` after round ``rnd``; epsilon is None when infinite (z = 0)."""
+        eps = self.epsilon(rnd)
+        return {"dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": self.delta}
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "last_selected": self.last_selected}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "rng" in state:
+            self.rng = np.random.default_rng()
+            self.rng.bit_generator.state = state["rng"]
+        self.last_selected = state.get("last_selected")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "noise_multiplier": self.noise_multiplier,
+            "clip_norm": self.clip_norm,
+            "expected_clients_per_round": self.expected_clients_per_round,
+            "num_clients": self.num_clients,
+            "delta": self.delta,
+            "server_lr": self.server_lr,
+            "noise_seed": self.noise_seed,
+            "sampling_probability": self.sampling_probability,
+        }

@@ -1,0 +1,34 @@
+"""Shared FastAPI dependencies, as named ``Annotated`` aliases for route signatures."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
+
+from hemafed_metrics.settings import MetricsSettings
+from hemafed_metrics.store import MetricsStore
+
+
+def get_store(request: Request) -> MetricsStore:
+    """The app's store (injected into ``create_app`` or opened by its lifespan)."""
+    store: MetricsStore | None = getattr(request.app.state, "store", None)
+    if store is None:
+        raise RuntimeError("metrics store is not open (lifespan not run and none injected)")
+    return store
+
+
+def get_settings(request: Request) -> MetricsSettings:
+    settings: MetricsSettings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> CollectorRegistry:
+    registry: CollectorRegistry = request.app.state.registry
+    return registry
+
+
+StoreDep = Annotated[MetricsStore, Depends(get_store)]
+SettingsDep = Annotated[MetricsSettings, Depends(get_settings)]
+RegistryDep = Annotated[CollectorRegistry, Depends(get_registry)]

@@ -1,0 +1,147 @@
+"""The one model-exchange type: weights + num_examples + metrics + round.
+
+Weights travel as a safetensors blob (never pickle). The non-tensor fields ride in the
+safetensors header's ``__metadata__`` under the key ``hemafed`` as JSON, so one
+``application/octet-stream`` body carries a whole message in either direction.
+
+Tensor names are zero-padded positions (``"0000"``, ``"0001"``, ...) in the order of the
+model's exchanged variables; :func:`check_weights` compares a decoded list against the
+receiving side's expected shapes and dtypes and rejects non-finite values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+CONTENT_TYPE = "application/octet-stream"
+META_KEY = "hemafed"
+#: Safetensors headers are small JSON documents; anything bigger is not ours.
+MAX_HEADER_BYTES = 10 * 1024 * 1024
+ALLOWED_DTYPES = frozenset({"float32", "float16", "float64", "int32", "int64"})
+
+
+class ExchangeError(ValueError):
+    """A model-exchange message that cannot be accepted; the message names the problem."""
+
+
+@dataclass
+class ModelExchange:
+    """Weights plus what travels with them, in either direction."""
+
+    weights: list[np.ndarray]
+    round: int
+    num_examples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: free-form JSON-serialisable extras (instructions, hospital id, ...)
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: named auxiliary tensor lists (e.g. SCAFFOLD control variates), same rules as weights
+    aux: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        tensors = {f"{i:04d}": np.ascontiguousarray(w) for i, w in enumerate(self.weights)}
+        for group, arrays in self.aux.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", group):
+                raise ExchangeError(f"bad aux group name {group!r}")
+            tensors.update({f"aux.{group}.{i:04d}": np.ascontiguousarray(a) for i, a in enumerate(arrays)})
+        meta = {
+            "round": int(self.round),
+            "num_examples": int(self.num_examples),
+            "metrics": {k: float(v) for k, v in self.metrics.items()},
+            "extra": self.extra,
+        }
+        return st_save(tensors, metadata={META_KEY: json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ModelExchange":
+        meta = _read_metadata(data)
+        try:
+            tensors = st_load(data)
+        except (SafetensorError, ValueError, TypeError) as exc:  # malformed body
+            raise ExchangeError(f"malformed safetensors body: {exc}") from exc
+        names = sorted(n for n in tensors if not n.startswith("aux."))
+        if names != [f"{i:04d}" for i in range(len(names))]:
+            raise ExchangeError("tensor names must be consecutive positions 0000, 0001, ...")
+        weights = [tensors[n] for n in names]
+        aux_names: dict[str, list[str]] = {}
+        for n in tensors:
+            if n.startswith("aux."):
+                parts = n.split(".")
+                if len(parts) != 3 or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", parts[1]):
+                    raise ExchangeError(f"bad aux tensor name {n!r}")
+                aux_names.setdefault(parts[1], []).append(n)
+        aux = {}
+        for group, group_names in aux_names.items():
+            group_names.sort()
+            if [n.rsplit(".", 1)[1] for n in group_names] != [f"{i:04d}" for i in range(len(group_names))]:
+                raise ExchangeError(f"aux group {group!r}: names must be consecutive positions")
+            aux[group] = [tensors[n] for n in group_names]
+        for i, w in enumerate(weights + [a for arrs in aux.values() for a in arrs]):
+            if str(w.dtype) not in ALLOWED_DTYPES:
+                raise ExchangeError(f"tensor {i}: dtype {w.dtype} is not allowed")
+        try:
+            rnd = int(meta["round"])
+            num_examples = int(meta.get("num_examples", 0))
+            metrics = {str(k): float(v) for k, v in dict(meta.get("metrics", {})).items()}
+            extra = dict(meta.get("extra", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ExchangeError(f"bad metadata: {exc}") from exc
+        if rnd < 0 or num_examples < 0:
+            raise ExchangeError("round and num_examples must be non-negative")
+        return cls(weights=weights, round=rnd, num_examples=num_examples, metrics=metrics, extra=extra, aux=aux)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(w.nbytes for w in self.weights) + sum(a.nbytes for arrs in self.aux.values() for a in arrs))
+
+
+def _read_metadata(data: bytes) -> dict[str, Any]:
+    if len(data) < 8:
+        raise ExchangeError("body too short to be a safetensors message")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+        raise ExchangeError("safetensors header length is out of range")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+        raw = header.get("__metadata__", {}).get(META_KEY)
+        if raw is None:
+            raise ExchangeError(f"missing '{META_KEY}' metadata in safetensors header")
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise ExchangeError(f"unreadable safetensors header: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ExchangeError("metadata must be a JSON object")
+    return meta
+
+
+WeightSpec = list[tuple[tuple[int, ...], str]]
+
+
+def spec_of(weights: list[np.ndarray]) -> WeightSpec:
+    """Shapes and dtypes of a weight list, for :func:`check_weights`."""
+    return [(tuple(int(d) for d in w.shape), str(w.dtype)) for w in weights]
+
+
+def check_weights(weights: list[np.ndarray], spec: WeightSpec, *, max_norm: float | None = None) -> None:
+    """Raise :class:`ExchangeError` unless ``weights`` matches ``spec`` and is finite."""
+    if len(weights) != len(spec):
+        raise ExchangeError(f"expected {len(spec)} tensors, got {len(weights)}")
+    for i, (w, (shape, dtype)) in enumerate(zip(weights, spec)):
+        if tuple(w.shape) != tuple(shape):
+            raise ExchangeError(f"tensor {i}: shape {tuple(w.shape)} != expected {tuple(shape)}")
+        if str(w.dtype) != dtype:
+            raise ExchangeError(f"tensor {i}: dtype {w.dtype} != expected {dtype}")
+        if not np.all(np.isfinite(w)):
+            raise ExchangeError(f"tensor {i}: contains NaN or Inf")
+    if max_norm is not None:
+        norm = float(np.sqrt(sum(float(np.sum(np.square(w, dtype=np.float64))) for w in weights)))
+        if norm > max_norm:
+            raise ExchangeError(f"update norm {norm:.3g} exceeds the limit {max_norm:.3g}")

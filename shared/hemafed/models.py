@@ -1,0 +1,204 @@
+"""Model factory (TensorFlow / Keras 3). Imported only where a model is built or trained.
+
+Every model takes uint8-range RGB input ``(S, S, 3)`` and does its own preprocessing, so
+hospitals, the aggregator and an exported model all feed raw pixels.
+
+Models:
+- ``cnn`` (default): a compact GroupNorm CNN that trains in minutes on 2 CPU cores at
+  28-64 px. GroupNorm instead of BatchNorm: BatchNorm running statistics are averaged
+  across hospitals with different label mixes and make federated validation swing
+  (measured: see README); GroupNorm has no running statistics.
+- ``cnn-bn``: the same with BatchNorm (for comparison, and for FedBN with ``local_norm``).
+- ``mobilenetv2``: frozen backbone + GlobalAveragePooling/BatchNorm/Dense head (ALL study).
+- ``resnet50``, ``vgg16``, ``efficientnetb0``: keras.applications backbones.
+
+``weights`` for the applications is a local ``.h5``/``.weights.h5`` file or ``None``:
+nothing is ever downloaded at run time, and a missing file is a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: quiet C++ logs
+
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+APPLICATIONS = ("mobilenetv2", "resnet50", "vgg16", "efficientnetb0")
+MODELS = ("cnn", "cnn-bn", *APPLICATIONS)
+NORM_LAYERS = (layers.BatchNormalization, layers.GroupNormalization, layers.LayerNormalization)
+
+
+class ModelError(ValueError):
+    """A model that cannot be built as asked (unknown name, missing weights file, ...)."""
+
+
+@keras.saving.register_keras_serializable(package="hemafed")
+class CaffePreprocess(layers.Layer):
+    """RGB [0,255] -> BGR minus the ImageNet channel means (keras 'caffe' mode: ResNet50/VGG16)."""
+
+    def call(self, x):
+        x = keras.ops.flip(x, axis=-1)
+        return x - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+
+
+def _conv_block(x, filters: int, norm: str, name: str):
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        if norm == "group":
+            x = layers.GroupNormalization(groups=min(8, filters), name=f"{name}_gn{i}")(x)
+        else:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+def _compact_cnn(num_classes: int, image_size: int, norm: str) -> keras.Model:
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = _conv_block(x, 32, norm, "block1")
+    x = layers.MaxPooling2D(name="pool1")(x)
+    x = _conv_block(x, 64, norm, "block2")
+    x = layers.MaxPooling2D(name="pool2")(x)
+    x = _conv_block(x, 128, norm, "block3")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name=f"hemafed_cnn_{norm}")
+
+
+def _application(name: str, num_classes: int, image_size: int, weights: str | None, trainable_fraction: float):
+    if weights is not None and not Path(weights).is_file():
+        raise ModelError(
+            f"weights file {weights!r} for {name} does not exist; HemaFed never downloads weights at run "
+            "time: place the keras.applications weights file on the volume and pass its path, or use weights=None"
+        )
+    shape = (image_size, image_size, 3)
+    apps = keras.applications
+    if name == "mobilenetv2":
+        if image_size < 32:
+            raise ModelError("mobilenetv2 needs image_size >= 32")
+        backbone = apps.MobileNetV2(include_top=False, weights=None, input_shape=shape)
+        pre = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
+    elif name == "resnet50":
+        if image_size < 32:
+            raise ModelError("resnet50 needs image_size >= 32")
+        backbone = apps.ResNet50(include_top=False, weights=None, input_shape=shape)
+        pre = CaffePreprocess(name="preprocess")
+    elif name == "vgg16":
+        if image_size < 32:
+            raise ModelError("vgg16 needs image_size >= 32")
+        backbone = apps.VGG16(include_top=False, weights=None, input_shape=shape)
+        pre = CaffePreprocess(name="preprocess")
+    elif name == "efficientnetb0":
+        backbone = apps.EfficientNetB0(include_top=False, weights=None, input_shape=shape)
+        pre = layers.Identity(name="preprocess")  # EfficientNet rescales internally
+    else:  # pragma: no cover - guarded by build_model
+        raise ModelError(name)
+    if weights is not None:
+        try:
+            backbone.load_weights(weights, skip_mismatch=False)
+        except Exception as exc:  # noqa: BLE001 - surface any loader error with context
+            raise ModelError(f"cannot load weights {weights!r} into {name}: {exc}") from exc
+    _set_trainable_fraction(backbone, trainable_fraction)
+    inputs = keras.Input(shape, name="image")
+    x = pre(inputs)
+    # the frozen part runs in inference mode so its BatchNorm statistics stay fixed
+    x = backbone(x, training=False if trainable_fraction == 0.0 else None)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.BatchNormalization(name="head_bn")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name=f"hemafed_{name}")
+
+
+def _set_trainable_fraction(backbone: keras.Model, fraction: float) -> None:
+    """Unfreeze the top ``fraction`` of the backbone's layers (0 = frozen, 1 = all trainable)."""
+    n = len(backbone.layers)
+    first_trainable = n - int(round(fraction * n))
+    backbone.trainable = fraction > 0.0
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= first_trainable
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    image_size: int,
+    *,
+    seed: int = 0,
+    weights: str | None = None,
+    trainable_fraction: float | None = None,
+) -> keras.Model:
+    """Build (not compile) a model; the same arguments and seed give the same initial weights."""
+    name = name.lower()
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if num_classes < 2:
+        raise ModelError("need at least 2 classes")
+    keras.utils.set_random_seed(seed)
+    if name in ("cnn", "cnn-bn"):
+        if weights is not None:
+            raise ModelError(f"{name} has no pretrained weights; use weights=None")
+        return _compact_cnn(num_classes, image_size, "group" if name == "cnn" else "batch")
+    default_fraction = 0.0 if name == "mobilenetv2" else 1.0
+    return _application(
+        name, num_classes, image_size, weights, default_fraction if trainable_fraction is None else trainable_fraction
+    )
+
+
+def _leaf_layers(layer: keras.layers.Layer):
+    sub = getattr(layer, "layers", None)
+    if sub:
+        for child in sub:
+            yield from _leaf_layers(child)
+    else:
+        yield layer
+
+
+def exchanged_variables(model: keras.Model, *, local_norm: bool = False) -> list:
+    """Variables that travel between hospitals and the aggregator.
+
+    All variables (including BatchNorm running statistics) of every *trainable* leaf layer;
+    frozen layers never travel (every participant builds them identically). With
+    ``local_norm`` (FedBN, Li et al. 2021) normalisation layers stay local.
+    """
+    out = []
+    for layer in _leaf_layers(model):
+        if not layer.trainable or not layer.weights:
+            continue
+        if local_norm and isinstance(layer, NORM_LAYERS):
+            continue
+        out.extend(layer.weights)
+    return out
+
+
+def get_exchanged(model: keras.Model, *, local_norm: bool = False) -> list[np.ndarray]:
+    return [np.asarray(v.numpy(), dtype=v.dtype) for v in exchanged_variables(model, local_norm=local_norm)]
+
+
+def set_exchanged(model: keras.Model, weights: list[np.ndarray], *, local_norm: bool = False) -> None:
+    variables = exchanged_variables(model, local_norm=local_norm)
+    if len(variables) != len(weights):
+        raise ValueError(f"expected {len(variables)} tensors, got {len(weights)}")
+    for v, w in zip(variables, weights):
+        v.assign(w)
+
+
+def count_params(model: keras.Model) -> dict[str, int]:
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    total = int(sum(np.prod(v.shape) for v in model.weights))
+    return {"trainable": trainable, "total": total, "exchanged": int(sum(np.prod(v.shape) for v in exchanged_variables(model)))}
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(path))
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    return keras.models.load_model(str(path), compile=False)
