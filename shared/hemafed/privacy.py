@@ -62,8 +62,8 @@ def dpsgd_steps(num_examples: int, batch_size: int, epochs: float, max_steps_per
     if num_examples <= 0 or batch_size <= 0 or epochs < 0:
         raise ValueError("num_examples and batch_size must be positive, epochs >= 0")
     if max_steps_per_epoch > 0:
-        return int(math.ceil(epochs * min(max_steps_per_epoch, math.ceil(num_examples / batch_size))))
-    return int(math.ceil(epochs * num_examples / batch_size))
+        return math.ceil(epochs * min(max_steps_per_epoch, math.ceil(num_examples / batch_size)))
+    return math.ceil(epochs * num_examples / batch_size)
 
 
 def dpsgd_epsilon(

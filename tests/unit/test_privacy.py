@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import dp_accounting
 import pytest
@@ -37,9 +38,9 @@ def test_known_configuration_is_plausible() -> None:
 
 def test_monotonic() -> None:
     by_epochs = [dpsgd_epsilon(5000, 50, e, 1.0) for e in (1, 2, 5, 10)]
-    assert all(b > a for a, b in zip(by_epochs, by_epochs[1:]))
+    assert all(b > a for a, b in pairwise(by_epochs))
     by_noise = [dpsgd_epsilon(5000, 50, 5, z) for z in (0.8, 1.0, 2.0, 4.0)]
-    assert all(b < a for a, b in zip(by_noise, by_noise[1:]))
+    assert all(b < a for a, b in pairwise(by_noise))
 
 
 def test_full_batch_gaussian_composition_identity() -> None:

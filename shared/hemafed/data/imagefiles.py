@@ -166,8 +166,12 @@ def decode_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
         raise ImageDecodeError("corrupt", f"{type(exc).__name__}: {exc}") from exc
 
 
-def check_image(path: str | Path, size: int = 64) -> str | None:
-    """Return ``None`` when ``path`` decodes cleanly, else the skip reason (see :func:`decode_rgb`)."""
+def check_image(path: str | Path, size: int = 32) -> str | None:
+    """Return ``None`` when ``path`` decodes cleanly, else the skip reason (see :func:`decode_rgb`).
+
+    The whole file is decoded (JPEGs at a reduced DCT scale, which still reads all the data), so
+    truncated files are caught, unlike with ``Image.verify()``.
+    """
     try:
         decode_rgb(path, size)
     except ImageDecodeError as exc:

@@ -4,6 +4,7 @@ statistical check of the noise, and the RDP accounting."""
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from dataclasses import dataclass
 
 import dp_accounting
@@ -109,7 +110,7 @@ def test_epsilon_increases_with_rounds() -> None:
     s = DPFedAvg(noise_multiplier=1.0, fraction_fit=0.5)
     eps = [s.epsilon(t) for t in range(0, 41, 5)]
     assert eps[0] == 0.0
-    assert all(b > a for a, b in zip(eps, eps[1:]))
+    assert all(b > a for a, b in pairwise(eps))
 
 
 def test_epsilon_matches_dp_accounting_directly() -> None:
@@ -126,7 +127,7 @@ def test_epsilon_matches_dp_accounting_directly() -> None:
 def _exact_gaussian_epsilon(sigma: float, delta: float) -> float:
     """The optimal epsilon of one Gaussian mechanism (sensitivity 1), Balle & Wang 2018 Thm 8:
     delta(eps) = Phi(1/(2s) - eps s) - e^eps Phi(-1/(2s) - eps s), solved by bisection."""
-    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))
     lo, hi = 0.0, 100.0
     for _ in range(200):
         mid = (lo + hi) / 2

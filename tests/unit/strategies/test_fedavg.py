@@ -99,7 +99,7 @@ def test_number_of_clients(fraction: float, min_fit: int, expected: int) -> None
 
 def test_selection_deterministic_with_rng_and_varies_with_seed() -> None:
     s = FedAvg(fraction_fit=0.3)
-    pick = lambda seed: [c.id for c, _ in s.configure_train(1, [arr(0)], CLIENTS, np.random.default_rng(seed))]  # noqa: E731
+    pick = lambda seed: [c.id for c, _ in s.configure_train(1, [arr(0)], CLIENTS, np.random.default_rng(seed))]
     assert pick(7) == pick(7)
     assert len({tuple(pick(seed)) for seed in range(20)}) > 1
 

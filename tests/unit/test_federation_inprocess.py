@@ -1,0 +1,106 @@
+"""A whole federation in one process: the real aggregator round loop, three real hospital
+agents and the real metrics service, wired through ASGI transports (no Docker, no sockets)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import httpx
+
+from hemafed.exchange import ModelExchange
+from hemafed_aggregator.app import build_server
+from hemafed_aggregator.settings import AggregatorSettings, RunConfig
+from hemafed_hospital.agent import HospitalAgent
+from hemafed_hospital.app import create_app as hospital_app
+from hemafed_hospital.settings import HospitalSettings
+from hemafed_metrics.app import create_app as metrics_app
+from hemafed_metrics.store import InMemoryStore
+from tests.unit.helpers import RoutingTransport, synthetic_folder
+
+pytestmark = pytest.mark.anyio
+HOSPITALS = ["hospital-1", "hospital-2", "hospital-3"]
+
+
+class NaNAgent(HospitalAgent):
+    """A broken site: answers every fit with NaN weights."""
+
+    def fit(self, body: bytes) -> bytes:
+        msg = ModelExchange.from_bytes(super().fit(body))
+        msg.weights[0][...] = np.nan
+        return msg.to_bytes()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fed")
+    out = {h: synthetic_folder(root / h, n_per_class=6, size=32, seed=i) for i, h in enumerate(HOSPITALS)}
+    out["test"] = synthetic_folder(root / "test", n_per_class=3, size=32, seed=99)
+    return out
+
+
+def _federation(folders, tmp_path, *, agents=None, hospitals=HOSPITALS, **run):
+    store = InMemoryStore()
+    apps = {"metrics": metrics_app(store=store)}
+    for h in HOSPITALS:
+        settings = HospitalSettings(hospital_id=h, data_dir=folders[h])
+        agent = (agents or {}).get(h, HospitalAgent)(settings)
+        apps[h] = hospital_app(settings, agent=agent, report_resources=False)
+    http = httpx.AsyncClient(transport=RoutingTransport(apps))
+    settings = AggregatorSettings(hospitals={h: f"http://{h}" for h in hospitals}, metrics_url="http://metrics",
+                                  output_dir=tmp_path / "results", test_dir=folders["test"])
+    cfg = RunConfig(**{"run_id": "inproc", "rounds": 2, "image_size": 32, "local_epochs": 1, "batch_size": 16,
+                       "wait_for_clients": 2, "round_timeout": 120, "split": "iid", "dataset": "synthetic", **run})
+    return build_server(settings, cfg, http), store
+
+
+async def test_two_rounds_of_fedavg_end_to_end(folders, tmp_path):
+    server, store = _federation(folders, tmp_path)
+    state = await server.run()
+    assert state.status == "finished", state.message
+    assert len(state.rounds) == 2
+    assert state.best_round in (1, 2)
+    assert state.classes == sorted(state.classes) and len(state.classes) == 8
+    run = store.get_run("inproc")
+    assert run.status.value == "finished"
+    assert run.rounds_completed == 2 and run.clients == 3 and run.split == "iid" and run.model == "cnn"
+    assert run.test_accuracy == state.test_results["accuracy"]
+    assert run.test_results["num_examples"] == 24
+    rounds = store.list_rounds("inproc")
+    for r in rounds:
+        assert set(r.hospitals) == set(HOSPITALS)
+        assert all(m.status == "ok" and m.num_examples > 0 and m.update_bytes > 100_000 for m in r.hospitals.values())
+        vals = [m.val_accuracy for m in r.hospitals.values()]
+        assert r.global_.val_accuracy_median == pytest.approx(float(np.median(vals)))
+    out = tmp_path / "results" / "inproc"
+    assert {p.name for p in out.iterdir()} >= {"best.keras", "final.keras", "best.json", "final.json",
+                                               "best.safetensors", "run.json", "test_results.json"}
+
+
+async def test_a_nan_update_is_left_out_and_the_run_goes_on(folders, tmp_path):
+    server, store = _federation(folders, tmp_path, agents={"hospital-2": NaNAgent}, rounds=1)
+    state = await server.run()
+    assert state.status == "finished", state.message
+    r = store.list_rounds("inproc")[0]
+    assert r.hospitals["hospital-2"].status == "rejected"
+    assert "NaN" in r.hospitals["hospital-2"].message
+    assert r.hospitals["hospital-1"].status == "ok" and r.hospitals["hospital-3"].status == "ok"
+    assert state.hospitals["hospital-2"].status == "rejected"
+
+
+async def test_an_unreachable_hospital_is_left_out(folders, tmp_path):
+    server, store = _federation(folders, tmp_path, hospitals=[*HOSPITALS, "hospital-4"], rounds=1,
+                                min_clients=2)
+    state = await server.run()
+    assert state.status == "finished", state.message
+    assert state.hospitals["hospital-4"].status in ("unreachable", "error")
+    r = store.list_rounds("inproc")[0]
+    assert r.hospitals["hospital-4"].status == "error"
+    assert "no route" in r.hospitals["hospital-4"].message
+
+
+async def test_too_few_hospitals_fails_cleanly(folders, tmp_path):
+    server, store = _federation(folders, tmp_path, hospitals=["hospital-1", "hospital-8", "hospital-9"],
+                                rounds=1, min_clients=2)
+    state = await server.run()
+    assert state.status == "failed"
+    assert "only 1 of 3 hospitals became healthy" in state.message
