@@ -30,6 +30,7 @@ from keras import layers  # noqa: E402
 
 APPLICATIONS = ("mobilenetv2", "resnet50", "vgg16", "efficientnetb0")
 MODELS = ("cnn", "cnn-bn", *APPLICATIONS)
+WIDTHS = (16, 32, 64)  # compact CNN filters per block
 NORM_LAYERS = (layers.BatchNormalization, layers.GroupNormalization, layers.LayerNormalization)
 
 
@@ -60,11 +61,11 @@ def _conv_block(x, filters: int, norm: str, name: str):
 def _compact_cnn(num_classes: int, image_size: int, norm: str) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    x = _conv_block(x, 32, norm, "block1")
+    x = _conv_block(x, WIDTHS[0], norm, "block1")
     x = layers.MaxPooling2D(name="pool1")(x)
-    x = _conv_block(x, 64, norm, "block2")
+    x = _conv_block(x, WIDTHS[1], norm, "block2")
     x = layers.MaxPooling2D(name="pool2")(x)
-    x = _conv_block(x, 128, norm, "block3")
+    x = _conv_block(x, WIDTHS[2], norm, "block3")
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(0.3, name="dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="classifier")(x)

@@ -26,8 +26,8 @@ from PIL import Image
 __all__ = [
     "IMAGE_SUFFIXES",
     "FolderScan",
-    "check_image",
     "ImageDecodeError",
+    "check_image",
     "decode_rgb",
     "is_image_name",
     "scan_image_folder",
@@ -162,7 +162,7 @@ def decode_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
         raise ImageDecodeError("too_large", str(exc)) from exc
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure on an untrusted file means "corrupt"
+    except Exception as exc:  # any decoder failure on an untrusted file means "corrupt"
         raise ImageDecodeError("corrupt", f"{type(exc).__name__}: {exc}") from exc
 
 

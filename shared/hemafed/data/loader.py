@@ -77,7 +77,8 @@ def load_image_folder(
     counted as ``unknown_class``, and listed classes without a folder simply get no images. When
     ``None``, the classes are the sorted sub-folder names. Any image mode is converted to RGB;
     corrupt, truncated or unreadable files are skipped and counted. ``workers`` > 1 decodes in a
-    thread pool (helps only for large images; small JPEGs are fastest with the default 1). Raises :class:`FileNotFoundError` if ``path`` does not exist.
+    thread pool (helps only for large images; small JPEGs are fastest with the default 1).
+    Raises :class:`FileNotFoundError` if ``path`` does not exist.
     """
     if image_size < 1:
         raise ValueError("image_size must be >= 1")

@@ -106,6 +106,10 @@ class Record:
     original_label: str = ""
     array_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if not self.original_label:
+            object.__setattr__(self, "original_label", self.label)
+
     def load_array(self, size: int | None = None) -> np.ndarray:
         """The image as uint8 HxWx3 RGB (resized to ``size`` x ``size`` if given)."""
         if self.path is not None:
@@ -252,11 +256,19 @@ def _npz_class_names(data: Mapping[str, np.ndarray], path: Path) -> tuple[str, .
     return tuple(str(n) for n in names)
 
 
-def _npz_split(data: Mapping[str, np.ndarray], split: str, path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _npz_split(
+    data: Mapping[str, np.ndarray], split: str, path: Path, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Validated (images NxHxWx3 uint8, labels N int64) of one split."""
     images, labels = data[f"{split}_images"], data[f"{split}_labels"]
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
-        raise DatasetError(f"{path}: {split}_images must be uint8 NxHxW or NxHxWx3, got {images.dtype} {images.shape}")
+    if (
+        images.dtype != np.uint8
+        or images.ndim not in (3, 4)
+        or (images.ndim == 4 and images.shape[3] not in (1, 3))
+    ):
+        raise DatasetError(
+            f"{path}: {split}_images must be uint8 NxHxW or NxHxWx3, got {images.dtype} {images.shape}"
+        )
     if images.ndim == 3:
         images = images[..., None]
     if images.shape[3] == 1:
@@ -287,7 +299,7 @@ class NpzSource(Source):
         try:
             with np.load(self.path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        except Exception as exc:  # noqa: BLE001 - zip/pickle/format errors all mean "not a usable npz"
+        except Exception as exc:  # zip/pickle/format errors all mean "not a usable npz"
             raise DatasetError(f"cannot read {self.path} as .npz: {type(exc).__name__}: {exc}") from exc
 
     def scan(self, *, check_images: bool = True, workers: int = 1) -> ScanResult:
@@ -327,16 +339,20 @@ def bloodmnist_npz(size: int = 28, cache_dir: str | Path | None = None) -> Path:
     target = cache / _bloodmnist_file(size)
     if target.is_file():
         return target
-    hint = f"pass a local .npz path instead (e.g. --dataset /path/to/{target.name}, from https://medmnist.com)"
+    hint = (
+        f"pass a local .npz path instead (e.g. --dataset /path/to/{target.name}, from https://medmnist.com)"
+    )
     try:
-        import medmnist  # noqa: PLC0415 - optional dependency
+        import medmnist  # optional dependency, imported only when a download is needed
     except ImportError as exc:
-        raise DatasetError(f"cannot download BloodMNIST: the 'medmnist' package is not installed; {hint}") from exc
+        raise DatasetError(
+            f"cannot download BloodMNIST: the 'medmnist' package is not installed; {hint}"
+        ) from exc
     try:
         cache.mkdir(parents=True, exist_ok=True)
         kwargs = {} if size == 28 else {"size": size}
         medmnist.BloodMNIST(split="test", download=True, root=str(cache), **kwargs)
-    except Exception as exc:  # noqa: BLE001 - network, torch, API-version failures alike
+    except Exception as exc:  # network, torch, API-version failures alike
         first = (str(exc).splitlines() or [""])[0]
         raise DatasetError(f"BloodMNIST download failed ({type(exc).__name__}: {first}); {hint}") from exc
     if not target.is_file():
@@ -381,7 +397,9 @@ def _parse_item(item: str, per_class: int, size: int, seed: int, cache_dir: str 
     if path.is_file() and path.suffix.lower() == ".npz":
         return NpzSource(path, name)
     if path.exists():
-        raise DatasetError(f"unsupported dataset {target!r}: expected a folder, a .npz, synthetic or bloodmnist")
+        raise DatasetError(
+            f"unsupported dataset {target!r}: expected a folder, a .npz, synthetic or bloodmnist"
+        )
     raise DatasetError(f"dataset path not found: {target}")
 
 
@@ -485,7 +503,11 @@ def load_dataset(
     deterministic. Raises :class:`DatasetError` for bad input or when nothing usable is left.
     """
     sources = parse_dataset_spec(
-        spec, synthetic_per_class=synthetic_per_class, synthetic_size=synthetic_size, seed=seed, cache_dir=cache_dir
+        spec,
+        synthetic_per_class=synthetic_per_class,
+        synthetic_size=synthetic_size,
+        seed=seed,
+        cache_dir=cache_dir,
     )
     records: list[Record] = []
     skipped: list[SkippedFile] = []

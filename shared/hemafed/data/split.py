@@ -148,7 +148,9 @@ def assign_iid(labels: np.ndarray, n_clients: int, rng: np.random.Generator) -> 
     return out
 
 
-def assign_dirichlet(labels: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
+def assign_dirichlet(
+    labels: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
     """Hospital index per item: for each class, shares ~ Dirichlet(alpha, ..., alpha)."""
     out = np.empty(len(labels), dtype=np.int64)
     for c in np.unique(labels):
@@ -218,12 +220,15 @@ def parse_source_proportions(text: str, n_clients: int, n_sources: int) -> np.nd
     rows = [r for r in text.replace(" ", "").split(";") if r]
     if len(rows) != n_clients:
         raise SplitError(f"--source-proportions has {len(rows)} rows; need one per hospital ({n_clients})")
-    try:
-        w = np.array([[float(x) for x in r.split(",")] for r in rows], dtype=np.float64)
-    except ValueError:
-        raise SplitError(f"--source-proportions must be numbers like '1,0;0,1;0.5,0.5', got {text!r}") from None
-    if w.ndim != 2 or w.shape[1] != n_sources:
+    cells = [r.split(",") for r in rows]
+    if any(len(r) != n_sources for r in cells):
         raise SplitError(f"--source-proportions: every row needs {n_sources} weights (one per source)")
+    try:
+        w = np.array([[float(x) for x in r] for r in cells], dtype=np.float64)
+    except ValueError:
+        raise SplitError(
+            f"--source-proportions must be numbers like '1,0;0,1;0.5,0.5', got {text!r}"
+        ) from None
     if not np.isfinite(w).all() or (w < 0).any():
         raise SplitError("--source-proportions weights must be finite and >= 0")
     if (w.sum(axis=1) <= 0).any():
@@ -351,7 +356,9 @@ def _source_weights(opts: SplitOptions, n_sources: int, spec: str) -> np.ndarray
     return default_source_weights(opts.clients, n_sources)
 
 
-def _plan(opts: SplitOptions, dataset: Dataset) -> tuple[dict[str, list[Record]], list[str], np.ndarray | None]:
+def _plan(
+    opts: SplitOptions, dataset: Dataset
+) -> tuple[dict[str, list[Record]], list[str], np.ndarray | None]:
     """Decide which record goes where: ``{"hospital-1": [...], ..., "test": [...], "unassigned": [...]}``."""
     class_pos = {c: i for i, c in enumerate(dataset.classes)}
     labels = np.array([class_pos[r.label] for r in dataset.records], dtype=np.int64)
@@ -359,8 +366,14 @@ def _plan(opts: SplitOptions, dataset: Dataset) -> tuple[dict[str, list[Record]]
     weights = _source_weights(opts, len(names), opts.dataset)
     pool, test = hold_out_test(labels, sources, opts.test_fraction, opts.seed)
     assign = partition(
-        labels[pool], sources[pool], n_clients=opts.clients, split=opts.split, alpha=opts.alpha,
-        min_per_hospital=opts.min_per_hospital, source_weights=weights, seed=opts.seed,
+        labels[pool],
+        sources[pool],
+        n_clients=opts.clients,
+        split=opts.split,
+        alpha=opts.alpha,
+        min_per_hospital=opts.min_per_hospital,
+        source_weights=weights,
+        seed=opts.seed,
     )
     folders: dict[str, list[Record]] = {f"hospital-{h + 1}": [] for h in range(opts.clients)}
     folders["test"] = [dataset.records[i] for i in test]
@@ -384,13 +397,18 @@ def _skipped_section(skipped: list[SkippedFile]) -> dict[str, Any]:
     return {
         "total": len(skipped),
         "reasons": dict(sorted(Counter(s.reason for s in skipped).items())),
-        "files": [{"source": s.source, "file": s.file, "reason": s.reason} for s in skipped[:MAX_LISTED_SKIPPED]],
+        "files": [
+            {"source": s.source, "file": s.file, "reason": s.reason} for s in skipped[:MAX_LISTED_SKIPPED]
+        ],
         "files_truncated": len(skipped) > MAX_LISTED_SKIPPED,
     }
 
 
 def build_manifest(
-    opts: SplitOptions, dataset: Dataset, folders: dict[str, list[Record]], sources: list[str],
+    opts: SplitOptions,
+    dataset: Dataset,
+    folders: dict[str, list[Record]],
+    sources: list[str],
     weights: np.ndarray | None,
 ) -> dict[str, Any]:
     """The ``manifest.json`` content (counts only; skipped files listed by source-relative name)."""
@@ -412,11 +430,18 @@ def build_manifest(
         "synthetic": {"per_class": opts.synthetic_per_class, "image_size": opts.synthetic_size},
         "classes": list(dataset.classes),
         "sources": [
-            {"name": s, "kind": info[s].kind, "location": info[s].location,
-             "images": per_source[s]["total"], "classes": per_source[s]["classes"]}
+            {
+                "name": s,
+                "kind": info[s].kind,
+                "location": info[s].location,
+                "images": per_source[s]["total"],
+                "classes": per_source[s]["classes"],
+            }
             for s in sources
         ],
-        "hospitals": {k: _counts(v, dataset.classes, sources) for k, v in folders.items() if k.startswith("hospital-")},
+        "hospitals": {
+            k: _counts(v, dataset.classes, sources) for k, v in folders.items() if k.startswith("hospital-")
+        },
         "test": _counts(folders["test"], dataset.classes, sources),
         "unassigned": _counts(folders["unassigned"], dataset.classes, sources),
         "skipped": _skipped_section(dataset.skipped),
@@ -487,8 +512,13 @@ def run_split(opts: SplitOptions, log: Callable[[str], None] = print) -> SplitRe
     if out.exists() and not out.is_dir():
         raise SplitError(f"--out {opts.out} exists and is not a folder")
     dataset = load_dataset(
-        opts.dataset, mapping=opts.mapping, synthetic_per_class=opts.synthetic_per_class,
-        synthetic_size=opts.synthetic_size, seed=opts.seed, cache_dir=opts.cache_dir, workers=opts.workers,
+        opts.dataset,
+        mapping=opts.mapping,
+        synthetic_per_class=opts.synthetic_per_class,
+        synthetic_size=opts.synthetic_size,
+        seed=opts.seed,
+        cache_dir=opts.cache_dir,
+        workers=opts.workers,
     )
     if dataset.unused_mapping_keys:
         log(f"warning: mapping keys matched no class: {', '.join(dataset.unused_mapping_keys)}")
@@ -515,9 +545,12 @@ def format_summary(manifest: dict[str, Any], out: str) -> str:
         rows["unassigned"] = manifest["unassigned"]
     head_w = max(len(k) for k in rows)
     widths = [max(len(c), 5) for c in classes]
-    lines = [
+    title = (
         f"{manifest['split']} split of {manifest['dataset']!r} (seed {manifest['seed']}, "
-        f"{len(manifest['sources'])} source(s)) -> {out}",
+        f"{len(manifest['sources'])} source(s)) -> {out}"
+    )
+    lines = [
+        title,
         " " * head_w + "".join(f" {c:>{w}}" for c, w in zip(classes, widths, strict=True)) + f" {'total':>6}",
     ]
     for name, cnt in rows.items():
@@ -544,19 +577,34 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser (see the module doc for the semantics)."""
     p = _Parser(prog="hemafed-split", description="Split a blood-cell dataset into hospital folders.")
-    p.add_argument("--dataset", default="synthetic",
-                   help="synthetic[:A+B], a <class>/<file> folder, a .npz, bloodmnist[:64], or a comma list "
-                        "(items may be NAME=TARGET); default: synthetic")
-    p.add_argument("--mapping", help="YAML/JSON {source_class: canonical_class|null}; unmapped classes are kept")
+    p.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="synthetic[:A+B], a <class>/<file> folder, a .npz, bloodmnist[:64], or a comma list "
+        "(items may be NAME=TARGET); default: synthetic",
+    )
+    p.add_argument(
+        "--mapping", help="YAML/JSON {source_class: canonical_class|null}; unmapped classes are kept"
+    )
     p.add_argument("--clients", type=int, default=3, help="number of hospitals (default 3)")
     p.add_argument("--split", default="iid", help="iid | noniid | source (default iid)")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration for noniid (default 0.5)")
-    p.add_argument("--min-per-hospital", type=int, default=20, help="minimum images per hospital (default 20)")
-    p.add_argument("--test-fraction", type=float, default=0.15, help="held-out global test share (default 0.15)")
-    p.add_argument("--source-proportions",
-                   help="split=source weights: rows=hospitals ';', columns=sources ',' e.g. '1,0;0,1;0.5,0.5'")
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="Dirichlet concentration for noniid (default 0.5)"
+    )
+    p.add_argument(
+        "--min-per-hospital", type=int, default=20, help="minimum images per hospital (default 20)"
+    )
+    p.add_argument(
+        "--test-fraction", type=float, default=0.15, help="held-out global test share (default 0.15)"
+    )
+    p.add_argument(
+        "--source-proportions",
+        help="split=source weights: rows=hospitals ';', columns=sources ',' e.g. '1,0;0,1;0.5,0.5'",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--synthetic-per-class", type=int, default=300, help="synthetic images per class (default 300)")
+    p.add_argument(
+        "--synthetic-per-class", type=int, default=300, help="synthetic images per class (default 300)"
+    )
     p.add_argument("--synthetic-size", type=int, default=64, help="synthetic image side in px (default 64)")
     p.add_argument("--out", default="data-mounts", help="output folder (default data-mounts)")
     p.add_argument("--cache-dir", help="where bloodmnist downloads go (default ~/.medmnist)")

@@ -149,14 +149,18 @@ def _blob_poly(
     k = rng.uniform(-1.0, 1.0, size=(3, 2))
     wobble = sum(k[i, 0] * np.cos((i + 2) * t) + k[i, 1] * np.sin((i + 2) * t) for i in range(3))
     rad = r * (1.0 + roughness * wobble / 3.0)
-    return list(zip((cx + rad * np.cos(t + angle)).tolist(), (cy + rad * np.sin(t + angle)).tolist(), strict=True))
+    return list(
+        zip((cx + rad * np.cos(t + angle)).tolist(), (cy + rad * np.sin(t + angle)).tolist(), strict=True)
+    )
 
 
 def _kidney_poly(cx: float, cy: float, r: float, angle: float, depth: float, n: int = 40) -> list[Point]:
     """Kidney/bean shape: an ellipse with a smooth notch of relative ``depth`` at ``angle``."""
     t = np.linspace(-np.pi, np.pi, n, endpoint=False)
     rad = r * (1.0 - depth * np.exp(-(t**2) / 0.35)) * (1.0 + 0.12 * np.cos(2 * t))
-    return list(zip((cx + rad * np.cos(t + angle)).tolist(), (cy + rad * np.sin(t + angle)).tolist(), strict=True))
+    return list(
+        zip((cx + rad * np.cos(t + angle)).tolist(), (cy + rad * np.sin(t + angle)).tolist(), strict=True)
+    )
 
 
 def _rot(dx: float, dy: float, angle: float) -> Point:
@@ -193,8 +197,11 @@ def _granules(
     sizes = size * rng.uniform(0.6, 1.4, count)
     shade = rng.normal(0.0, 14.0, count)
     for px, py, s, d in zip(xs.tolist(), ys.tolist(), sizes.tolist(), shade.tolist(), strict=True):
-        col = (int(min(255, max(0, colour[0] + d))), int(min(255, max(0, colour[1] + d))),
-               int(min(255, max(0, colour[2] + d))))
+        col = (
+            int(min(255, max(0, colour[0] + d))),
+            int(min(255, max(0, colour[1] + d))),
+            int(min(255, max(0, colour[2] + d))),
+        )
         draw.ellipse((px - s, py - s, px + s, py + s), fill=col)
 
 
@@ -246,7 +253,10 @@ def _draw_rbcs(draw: ImageDraw.ImageDraw, rng: np.random.Generator, c: int, coun
 
 
 def _nucleus(
-    draw: ImageDraw.ImageDraw, rng: np.random.Generator, name: str, cell: tuple[float, float, float, float, float]
+    draw: ImageDraw.ImageDraw,
+    rng: np.random.Generator,
+    name: str,
+    cell: tuple[float, float, float, float, float],
 ) -> None:
     """Draw the class-specific nucleus inside ``cell`` = (cx, cy, rx, ry, angle)."""
     cx, cy, rx, _ry, a = cell
@@ -269,22 +279,27 @@ def _nucleus(
         span = rng.uniform(2.4, 3.8)
         t0 = a - span / 2
         arc_r = r * rng.uniform(0.42, 0.52)
-        pts = [(cx + arc_r * math.cos(t0 + span * i / (k - 1)), cy + arc_r * math.sin(t0 + span * i / (k - 1)))
-               for i in range(k)]
+        pts = [
+            (cx + arc_r * math.cos(t0 + span * i / (k - 1)), cy + arc_r * math.sin(t0 + span * i / (k - 1)))
+            for i in range(k)
+        ]
         draw.line([c for p in pts for c in p], fill=col, width=max(1, int(r * 0.07)))
         for px, py in pts:
             draw.polygon(_blob_poly(px, py, r * rng.uniform(0.17, 0.23), a, rng, 0.2, n=14), fill=col)
     elif name == "monocyte":  # large pale folded/kidney nucleus
         dx, dy = _rot(r * 0.12, 0.0, a)
-        draw.polygon(_kidney_poly(cx + dx, cy + dy, r * rng.uniform(0.58, 0.68), a + math.pi,
-                                  rng.uniform(0.3, 0.45)), fill=col)
+        draw.polygon(
+            _kidney_poly(cx + dx, cy + dy, r * rng.uniform(0.58, 0.68), a + math.pi, rng.uniform(0.3, 0.45)),
+            fill=col,
+        )
         fold = _jit(rng, (col[0] - 25, col[1] - 25, col[2] - 20), 4)
         p1, p2 = _rot(-r * 0.2, -r * 0.25, a), _rot(r * 0.25, r * 0.2, a)
         draw.line((cx + p1[0], cy + p1[1], cx + p2[0], cy + p2[1]), fill=fold, width=max(1, int(r * 0.06)))
     elif name == "ig":  # eccentric oval / bean nucleus, paler chromatin
         dx, dy = _rot(r * rng.uniform(0.22, 0.32), 0.0, a)
-        draw.polygon(_kidney_poly(cx + dx, cy + dy, r * rng.uniform(0.48, 0.56), a, rng.uniform(0.0, 0.25)),
-                     fill=col)
+        draw.polygon(
+            _kidney_poly(cx + dx, cy + dy, r * rng.uniform(0.48, 0.56), a, rng.uniform(0.0, 0.25)), fill=col
+        )
     elif name == "basophil":  # irregular nucleus, later covered by granules
         draw.polygon(_blob_poly(cx, cy, r * rng.uniform(0.45, 0.55), a, rng, 0.35), fill=col)
 
@@ -315,14 +330,18 @@ def _draw_platelets(draw: ImageDraw.ImageDraw, rng: np.random.Generator, c: int)
         r = c * rng.uniform(0.04, 0.085)
         x, y = c / 2 + rng.normal(0.0, c * 0.12, 2)
         a = rng.uniform(0.0, 2.0 * math.pi)
-        draw.polygon(_blob_poly(float(x), float(y), r, a, rng, 0.4, n=16), fill=_jit(rng, (168, 128, 196), 10))
+        draw.polygon(
+            _blob_poly(float(x), float(y), r, a, rng, 0.4, n=16), fill=_jit(rng, (168, 128, 196), 10)
+        )
         _granules(draw, rng, (float(x), float(y), r, r, a), 8, r * 0.18, _jit(rng, (92, 44, 132), 8), 0.6)
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def render_cell(class_name: str, rng: np.random.Generator, image_size: int = 64, source: str = "A") -> np.ndarray:
+def render_cell(
+    class_name: str, rng: np.random.Generator, image_size: int = 64, source: str = "A"
+) -> np.ndarray:
     """Render one image of ``class_name`` with the stain of ``source`` using ``rng``.
 
     Returns a ``uint8`` array of shape ``(image_size, image_size, 3)``.
@@ -356,6 +375,8 @@ def render_cell(class_name: str, rng: np.random.Generator, image_size: int = 64,
 
 def _image_rng(seed: int, class_name: str, source: str, index: int) -> np.random.Generator:
     """Independent RNG per image, so any image can be re-rendered on its own."""
+    if class_name not in CLASSES:
+        raise ValueError(f"unknown class {class_name!r}; expected one of {', '.join(CLASSES)}")
     key = [int(seed) & 0xFFFFFFFF, CLASSES.index(class_name), zlib.crc32(source.encode("utf-8")), int(index)]
     return np.random.default_rng(key)
 
@@ -419,7 +440,7 @@ def write_image_folder(
     ``progress``, if given, is called with the number of images written so far.
     """
     root = Path(out_dir)
-    counts = {name: 0 for name in CLASSES}
+    counts = dict.fromkeys(CLASSES, 0)
     for k, item in enumerate(generate(n_per_class, image_size, sources, seed), start=1):
         folder = root / item.class_name
         folder.mkdir(parents=True, exist_ok=True)
