@@ -91,7 +91,7 @@ data: images ## write data-mounts/hospital-1..CLIENTS and data-mounts/test from 
 	  $(if $(DATASET_ABS),-v $(DATASET_ABS):/input/$(DATASET_LABEL):ro,) \
 	  hemafed-hospital:$(HEMAFED_TAG) python -m hemafed.data.split \
 	  --dataset $(if $(DATASET_ABS),/input/$(DATASET_LABEL),$(DATASET)) --clients $(CLIENTS) --split $(SPLIT) \
-	  --alpha $(ALPHA) --seed $(SEED) --out /out
+	  --alpha $(ALPHA) --seed $(SEED) --out /out --cache-dir /out/.cache
 
 up: data ## split the data, start the stack and follow the run until it ends
 	@mkdir -p $(RESULTS_DIR)
@@ -126,4 +126,4 @@ test-fast: ## only the in-process tier (no Docker)
 	@scripts/test.sh fast
 
 benchmark: ## run the default stack on ../shared/data/pbc-128 and print figures
-	@.venv/bin/python benchmarks/stack_benchmark.py
+	@.venv/bin/python benchmarks/stack_benchmark.py $(if $(BENCH_ARGS),$(BENCH_ARGS),)

@@ -121,6 +121,7 @@ def test_hospital_apis_return_no_pixels_or_file_names(stack, run):
 
 
 def test_no_image_files_outside_the_mounts(run):
+    """Pixels stay on the hospitals' own read-only mounts (and the held-out test set on the aggregator's)."""
     client = docker.from_env()
     containers = client.containers.list(filters={"label": f"com.docker.compose.project={PROJECT}"})
     names = {c.labels["com.docker.compose.service"]: c for c in containers}
@@ -134,7 +135,9 @@ def test_no_image_files_outside_the_mounts(run):
     # the aggregator sees the held-out test set only, never a hospital's data
     code, out = names["aggregator"].exec_run(["sh", "-c", "ls /data"])
     assert out.decode().split() == ["test"]
+    classes = set(json.loads((run.data_mounts / "manifest.json").read_text())["classes"])
     for h in HOSPITALS:
-        code, out = names[h].exec_run(["sh", "-c", "ls /data; ls / | grep -c test || true"])
-        listed = out.decode().split()
-        assert "hospital-1" not in listed and "test" not in listed
+        code, out = names[h].exec_run(["ls", "/data"])
+        assert code == 0 and set(out.decode().split()) <= classes  # its own class folders, nothing else
+        code, out = names[h].exec_run(["ls", "/"])
+        assert "test" not in out.decode().split()

@@ -45,9 +45,10 @@ def follow(url: str, interval: float, timeout: float, out=sys.stdout) -> int:
                 time.sleep(interval)  # retry loop while the aggregator (re)starts
                 continue
             line = _line(s)
-            if line != last:
+            key = line.split(" ETA ")[0] + line.split("|", 1)[-1]  # print on change, not on every ETA tick
+            if key != last:
                 print(line, file=out, flush=True)
-                last = line
+                last = key
             if s["status"] == "finished":
                 t = s.get("test_results") or {}
                 acc = t.get("accuracy")
