@@ -7,11 +7,29 @@ One custom training step covers the local objectives of the strategies:
     grad += linear_correction                                      (SCAFFOLD's c - c_i, FedDyn's -g_k)
 
 The client optimizer is fresh each round (its slots are reset), as in FedAvg / TFF.
+
+A second compiled step does sample-level DP-SGD (Abadi et al. 2016, Algorithm 1) when
+``FitConfig.dp_clip_norm > 0``: per-example gradients of the data loss (``tf.vectorized_map``
+over the batch, or a loop over microbatches of one example where the model does not vectorize),
+each clipped to L2 norm <= C over all variables together, summed, plus Gaussian noise
+N(0, (z C)^2 I) (z = ``dp_noise_multiplier``; clipping only when z = 0), divided by the batch
+size; the data-independent terms (the proximal gradient mu (w - w_global) and the linear
+correction) are added after the noise, then the optimizer steps. The noise is drawn from a
+fresh OS-random seed unless the caller passes ``noise_seed`` (tests only: a seed the aggregator
+could guess lets it subtract the noise). Models that normalise with batch statistics
+(trainable BatchNormalization) are refused: per-example gradients are not defined for them
+(use the GroupNorm ``cnn``, as Opacus asks for GroupNorm).
+
+``fit`` is deterministic for a given ``seed`` (shuffling, augmentation and the model's dropout
+seeds all derive from it), apart from DP noise drawn without ``noise_seed``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +41,13 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from hemafed.schemas import FitConfig  # noqa: E402
+
+log = logging.getLogger("hemafed.training")
+PER_EXAMPLE_MODES = ("auto", "vectorized", "loop")
+
+
+class UnsupportedConfig(ValueError):
+    """A FitConfig this trainer cannot honour for its model (e.g. DP-SGD with BatchNorm)."""
 
 
 def configure_threads(intra_op: int, inter_op: int = 1) -> None:
@@ -107,16 +132,57 @@ class TrainResult:
     seconds: float
     steps: int
     metrics: dict[str, float] = field(default_factory=dict)
+    #: DP-SGD only: how per-example gradients were computed ("vectorized" or "loop")
+    per_example: str | None = None
+
+
+def _leaf_layers(layer):
+    sub = getattr(layer, "layers", None)
+    if sub:
+        for child in sub:
+            yield from _leaf_layers(child)
+    else:
+        yield layer
+
+
+def batch_statistics_layers(model: keras.Model) -> list[str]:
+    """Names of the trainable BatchNormalization layers (they normalise with batch statistics,
+    which couples the examples of a batch: no per-example gradients, hence no DP-SGD)."""
+    return [l.name for l in _leaf_layers(model) if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+
+
+@contextlib.contextmanager
+def _quiet_tf_warnings():
+    """tf.vectorized_map warns once per trace for every op it runs as a loop (``Conv2DBackpropFilter
+    uses a while_loop``): expected, and noise in hospital logs."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class LocalTrainer:
     """Holds one model and its compiled training step; reused across rounds."""
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: keras.Model, *, per_example: str = "auto") -> None:
+        """``per_example``: how the DP-SGD step gets per-example gradients: ``vectorized``
+        (``tf.vectorized_map``), ``loop`` (microbatches of one example in a ``tf.while_loop``:
+        slower, works for any model) or ``auto`` (vectorized, falling back to the loop if the
+        model cannot be vectorized)."""
+        if per_example not in PER_EXAMPLE_MODES:
+            raise ValueError(f"per_example must be one of {PER_EXAMPLE_MODES}")
         self.model = model
         self._optimizer: keras.optimizers.Optimizer | None = None
         self._optimizer_kind: str | None = None
         self._step = None
+        self._per_example = per_example
+        self._dp_steps: dict[str, object] = {}
+        self._seed_generators = [
+            sg for layer in model._flatten_layers() for sg in getattr(layer, "_seed_generators", None) or []
+        ]
         self._loss = keras.losses.SparseCategoricalCrossentropy(reduction="none")
         self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
@@ -126,6 +192,7 @@ class LocalTrainer:
             self._optimizer.build(self.model.trainable_variables)
             self._optimizer_kind = config.optimizer
             self._step = None
+            self._dp_steps = {}
         else:  # a fresh client optimizer each round: zero its slots and step counter
             for v in self._optimizer.variables:
                 v.assign(tf.zeros_like(v))
@@ -152,6 +219,86 @@ class LocalTrainer:
 
         return step
 
+    def _build_dp_step(self, per_example: str):
+        """DP-SGD step: clipped per-example gradients of the (sample-weighted) data loss, summed,
+        plus N(0, (noise_std)^2) per coordinate, divided by the batch size; then the proximal
+        gradient and the correction; then the optimizer."""
+        model, optimizer, loss_fn = self.model, self._optimizer, self._loss
+        variables = model.trainable_variables
+        zero = tf.UnconnectedGradients.ZERO
+
+        def one_example(xi, yi, swi, clip):
+            with tf.GradientTape() as tape:
+                probs = model(xi[None], training=True)
+                loss = loss_fn(yi[None], probs)[0]
+                weighted = loss * swi
+            grads = tape.gradient(weighted, variables, unconnected_gradients=zero)
+            norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]))
+            scale = clip / tf.maximum(norm, clip)  # min(1, C / ||g||): the norm over ALL variables
+            correct = tf.cast(tf.equal(tf.argmax(probs[0], output_type=tf.int32), yi), tf.float32)
+            return [g * scale for g in grads], loss, correct
+
+        def clipped_sum_vectorized(x, y, sw, clip):
+            grads, losses, correct = tf.vectorized_map(lambda a: one_example(a[0], a[1], a[2], clip), (x, y, sw))
+            return [tf.reduce_sum(g, axis=0) for g in grads], losses, correct
+
+        def clipped_sum_loop(x, y, sw, clip):
+            n = tf.shape(x)[0]
+            summed = [tf.zeros(v.shape, v.dtype) for v in variables]
+            losses = tf.TensorArray(tf.float32, size=n)
+            correct = tf.TensorArray(tf.float32, size=n)
+            for i in tf.range(n):
+                g, loss_i, correct_i = one_example(x[i], y[i], sw[i], clip)
+                summed = [s + gi for s, gi in zip(summed, g)]
+                losses = losses.write(i, loss_i)
+                correct = correct.write(i, correct_i)
+            return summed, losses.stack(), correct.stack()
+
+        clipped_sum = clipped_sum_vectorized if per_example == "vectorized" else clipped_sum_loop
+
+        @tf.function(reduce_retracing=True)
+        def dp_step(x, y, sw, anchors, corrections, mu, clip, noise_std, noise_seed):
+            summed, losses, correct = clipped_sum(x, y, sw, clip)
+            batch = tf.cast(tf.shape(x)[0], tf.float32)
+            seeds = tf.random.experimental.stateless_split(noise_seed, num=len(variables))
+            grads = []
+            for i, (s, v, a, c) in enumerate(zip(summed, variables, anchors, corrections)):
+                noise = tf.random.stateless_normal(tf.shape(s), seed=seeds[i], dtype=s.dtype)
+                grads.append((s + noise_std * noise) / batch + mu * (v - a) + c)
+            optimizer.apply_gradients(zip(grads, variables))
+            loss = tf.reduce_sum(losses * sw) / tf.maximum(tf.reduce_sum(sw), 1e-8)
+            return loss, tf.reduce_sum(correct)
+
+        return dp_step
+
+    def _dp_call(self, *args):
+        """Run the DP step; in ``auto`` mode the first call tries ``vectorized`` and falls back to
+        ``loop`` if the model does not vectorize (the failure is at trace time, before any update)."""
+        mode = self._per_example
+        if mode == "auto":
+            if "vectorized" in self._dp_steps:
+                mode = "vectorized"
+            elif "loop" in self._dp_steps:
+                mode = "loop"
+        with _quiet_tf_warnings():
+            if mode == "auto":
+                try:
+                    self._dp_steps["vectorized"] = self._build_dp_step("vectorized")
+                    return self._dp_steps["vectorized"](*args), "vectorized"
+                except Exception as exc:  # noqa: BLE001 - any tracing failure of pfor: use the loop
+                    self._dp_steps.pop("vectorized", None)
+                    log.warning("per-example gradients cannot be vectorized for %s (%s: %s); using microbatches "
+                                "of one example", self.model.name, type(exc).__name__, str(exc)[:200])
+                    mode = "loop"
+            if mode not in self._dp_steps:
+                self._dp_steps[mode] = self._build_dp_step(mode)
+            return self._dp_steps[mode](*args), mode
+
+    def _reseed(self, seed: int) -> None:
+        """Derive the model's random layers' seeds (dropout) from the round's seed."""
+        for i, sg in enumerate(self._seed_generators):
+            sg.state.assign(np.array([(int(seed) * 1_000_003 + 7919 * i) % 2_147_483_647, 0], dtype=sg.state.dtype))
+
     def fit(
         self,
         images: np.ndarray,
@@ -161,12 +308,26 @@ class LocalTrainer:
         seed: int,
         num_classes: int,
         corrections: list[np.ndarray] | None = None,
+        noise_seed: int | None = None,
     ) -> TrainResult:
-        """Train in place for ``config.local_epochs`` epochs; returns the training summary."""
+        """Train in place for ``config.local_epochs`` epochs; returns the training summary.
+
+        ``corrections`` (one array per trainable variable) is added to every step's gradient.
+        With ``config.dp_clip_norm > 0`` the DP-SGD step is used; its noise comes from
+        ``noise_seed`` when given (reproducible: tests), else from the OS's randomness.
+        """
         if len(labels) == 0:
             raise ValueError("no training examples")
+        dp = config.dp_clip_norm > 0
+        if dp:
+            bn = batch_statistics_layers(self.model)
+            if bn:
+                raise UnsupportedConfig(
+                    f"DP-SGD needs per-example gradients, which BatchNormalization layers ({', '.join(bn[:3])}) "
+                    "do not have: use a model with GroupNorm (e.g. 'cnn') or freeze those layers")
         t0 = time.perf_counter()
         self._prepare_optimizer(config)
+        self._reseed(seed)
         if self._step is None:
             self._step = self._build_step()
         variables = self.model.trainable_variables
@@ -183,12 +344,22 @@ class LocalTrainer:
             images, labels, batch_size=config.batch_size, shuffle=True, augment=config.augment,
             seed=seed, sample_weights=sw,
         )
+        if dp:
+            clip = tf.constant(float(config.dp_clip_norm), tf.float32)
+            noise_std = tf.constant(float(config.dp_noise_multiplier * config.dp_clip_norm), tf.float32)
+            noise_base = secrets.randbits(62) if noise_seed is None else int(noise_seed)
+        per_example = None
         steps, loss_sum, correct_sum, seen = 0, 0.0, 0.0, 0
         for _epoch in range(config.local_epochs):
             for i, (x, y, w) in enumerate(ds):
                 if config.max_steps_per_epoch and i >= config.max_steps_per_epoch:
                     break
-                loss, correct = self._step(x, y, w, anchors, corr, mu)
+                if dp:
+                    step_seed = tf.constant([noise_base, steps], tf.int64)
+                    (loss, correct), per_example = self._dp_call(
+                        x, y, w, anchors, corr, mu, clip, noise_std, step_seed)
+                else:
+                    loss, correct = self._step(x, y, w, anchors, corr, mu)
                 n = int(y.shape[0])
                 loss_sum += float(loss) * n
                 correct_sum += float(correct)
@@ -200,6 +371,7 @@ class LocalTrainer:
             train_accuracy=correct_sum / max(seen, 1),
             seconds=time.perf_counter() - t0,
             steps=steps,
+            per_example=per_example,
         )
 
     def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

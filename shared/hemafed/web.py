@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -40,7 +41,8 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge()
+                    # an HTTPException passes through FastAPI's body parsing (a plain error would become 400)
+                    raise HTTPException(413, self._detail())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -51,16 +53,13 @@ class BodySizeLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not response_started:
-                await _send_json(send, 413, {"detail": self._detail()})
+        except HTTPException as exc:
+            if exc.status_code != 413 or response_started:
+                raise
+            await _send_json(send, 413, {"detail": self._detail()})
 
     def _detail(self) -> str:
         return f"request body exceeds the limit of {self.max_bytes} bytes"
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:

@@ -419,7 +419,7 @@ async def test_body_limit_content_length_413(client: httpx.AsyncClient) -> None:
     assert len(json.dumps(big)) > MAX_BODY
     resp = await client.post("/api/resources", json=big)
     assert resp.status_code == 413
-    assert resp.json() == {"detail": f"request body exceeds {MAX_BODY} bytes"}
+    assert resp.json() == {"detail": f"request body exceeds the limit of {MAX_BODY} bytes"}
     assert (await client.get("/api/resources")).json() == []
 
 
@@ -433,7 +433,7 @@ async def test_body_limit_streamed_413(client: httpx.AsyncClient) -> None:
     resp = await client.post("/api/resources", content=chunks(), headers={"content-type": "application/json"})
     assert "content-length" not in resp.request.headers
     assert resp.status_code == 413
-    assert resp.json() == {"detail": f"request body exceeds {MAX_BODY} bytes"}
+    assert resp.json() == {"detail": f"request body exceeds the limit of {MAX_BODY} bytes"}
     assert (await client.get("/api/resources")).json() == []
 
 

@@ -1,18 +1,51 @@
 """The hospital agent's handlers: everything the routes call. Images never leave this object:
-what it returns is weights, counts and aggregate metrics."""
+what it returns is weights, counts and aggregate metrics.
+
+Client side of the strategies that need one (the aggregator's strategies set the FitConfig fields):
+
+* FedProx (``proximal_mu``): the trainer's proximal term.
+* FedDyn (``feddyn_alpha``, Acar et al. 2021, Algorithm 1): the hospital keeps ``g_k`` (one array
+  per trainable variable, initially 0), trains on ``L_k(t) - <g_k, t> + alpha/2 ||t - global||^2``
+  (corrections ``-g_k``, proximal coefficient ``alpha``), then ``g_k <- g_k - alpha (t_k - global)``
+  (so that ``g_k`` is ``grad L_k(t_k)`` at the local optimum, the paper's first-order condition).
+* SCAFFOLD (``scaffold``, Karimireddy et al. 2020, option II): needs plain SGD (anything else is
+  refused with 422: the option II update assumes ``y <- y - lr (g - c_i + c)``). The server's ``c``
+  comes in ``aux["c"]``; the hospital keeps ``c_i`` (initially 0), trains with corrections
+  ``c - c_i``, then ``c_i+ = c_i - c + (x - y) / (K lr)`` over its K local steps, and replies with
+  ``aux["delta_c"] = c_i+ - c_i`` (zeros for exchanged variables that are not trainable).
+* DP-SGD (``dp_clip_norm`` / ``dp_noise_multiplier``, Abadi et al. 2016): the trainer's DP step;
+  the reply's metrics carry ``dp_epsilon`` (this hospital's total over the run so far, RDP
+  accounted by :func:`hemafed.privacy.dpsgd_epsilon` with q = batch / examples, i.e. shuffled
+  batches accounted as Poisson sampling, the usual approximation), ``dp_epsilon_round`` and
+  ``dp_delta``. Only the weights (and SCAFFOLD/FedDyn state, post-processing of them) are
+  covered: ``train_loss``/``train_accuracy``/``local_val_*`` and ``num_examples`` are not noised.
+
+The state is per task (``TaskSpec``) and lives in memory (a restarted hospital starts again from
+0). A fit for a round *below* the state's last round is a new run: the state starts again. A fit
+for the *same* round is a resend: it starts from the state before that round (the DP accounting
+still counts both trainings: a privacy cost, once paid, is never taken back).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from pydantic import ValidationError
 
 from hemafed.data.loader import load_image_folder, stratified_split
 from hemafed.exchange import ExchangeError, ModelExchange, check_weights, spec_of
-from hemafed.schemas import DatasetSummaryPublic, EvaluateInstructions, EvaluatePublic, FitInstructions, TaskSpec
+from hemafed.schemas import (
+    DatasetSummaryPublic,
+    EvaluateInstructions,
+    EvaluatePublic,
+    FitConfig,
+    FitInstructions,
+    TaskSpec,
+)
 
 from hemafed_hospital.settings import HospitalSettings
 
@@ -40,11 +73,33 @@ class LocalData:
     skipped_reasons: dict[str, int]
 
 
+#: tasks whose algorithm state a hospital keeps (a hospital in more federations than this loses
+#: the oldest one's state, with a warning)
+MAX_TASK_STATES = 8
+
+
+@dataclass
+class AlgorithmState:
+    """What a hospital carries from round to round for one task (arrays: one per trainable variable)."""
+
+    #: last round that updated this state (-1: none yet)
+    round: int = -1
+    #: FedDyn's g_k (float64)
+    feddyn_g: list[np.ndarray] | None = None
+    #: SCAFFOLD's c_i (float64)
+    scaffold_c: list[np.ndarray] | None = None
+    #: DP-SGD spending: local epochs run, by (num_examples, batch, noise multiplier, steps per epoch, delta)
+    dp_epochs: dict[tuple, int] = field(default_factory=dict)
+    #: the state before ``round`` (a resent round starts again from it)
+    previous: AlgorithmState | None = None
+
+
 class HospitalAgent:
     def __init__(self, settings: HospitalSettings) -> None:
         self.settings = settings
         self._data: dict[int, LocalData] = {}
         self._models: dict[str, object] = {}
+        self._states: OrderedDict[str, AlgorithmState] = OrderedDict()
         self._busy = threading.Lock()
         self._data_lock = threading.Lock()
         self.last_round = 0
@@ -120,6 +175,62 @@ class HospitalAgent:
             raise AgentError(422, f"global weights rejected: {exc}") from exc
         set_exchanged(trainer.model, weights, local_norm=task.local_norm)
 
+    @staticmethod
+    def _trainable_positions(trainer, task: TaskSpec) -> list[int | None]:
+        """For each exchanged variable, its position in ``model.trainable_variables`` (None: not trainable,
+        e.g. BatchNorm statistics). For ``cnn`` the two lists are the same."""
+        from hemafed.models import exchanged_variables
+
+        pos = {id(v): i for i, v in enumerate(trainer.model.trainable_variables)}
+        return [pos.get(id(v)) for v in exchanged_variables(trainer.model, local_norm=task.local_norm)]
+
+    def state(self, task: TaskSpec) -> AlgorithmState | None:
+        """The algorithm state kept for ``task`` (None before its first round)."""
+        return self._states.get(task.model_dump_json())
+
+    def _state_for_round(self, task: TaskSpec, rnd: int) -> AlgorithmState:
+        key = task.model_dump_json()
+        st = self._states.get(key)
+        if st is None or st.round < 0:
+            return AlgorithmState()
+        if rnd > st.round:
+            return st
+        if rnd == st.round and st.previous is not None:
+            log.warning("round %d sent again: starting from the state before it", rnd)
+            return replace(st.previous, dp_epochs=dict(st.dp_epochs))  # privacy spent stays spent
+        log.warning("round %d after round %d: a new run, the FedDyn/SCAFFOLD/DP state starts again", rnd, st.round)
+        return AlgorithmState()
+
+    def _commit_state(self, task: TaskSpec, rnd: int, before: AlgorithmState, after: AlgorithmState) -> None:
+        key = task.model_dump_json()
+        after.round = rnd
+        after.previous = replace(before, previous=None)
+        self._states[key] = after
+        self._states.move_to_end(key)
+        while len(self._states) > MAX_TASK_STATES:
+            self._states.popitem(last=False)
+            log.warning("dropping the algorithm state of an old task (%d kept at most)", MAX_TASK_STATES)
+
+    @staticmethod
+    def _check_algorithms(config: FitConfig) -> None:
+        if config.scaffold and config.feddyn_alpha > 0:
+            raise AgentError(422, "scaffold and feddyn_alpha > 0 are different algorithms: choose one")
+        if config.scaffold and config.optimizer != "sgd":
+            raise AgentError(422, f"SCAFFOLD needs plain SGD on the hospitals (its control-variate update "
+                                  f"assumes it): optimizer is {config.optimizer!r}, set it to 'sgd'")
+
+    def _scaffold_c(self, msg: ModelExchange, trainer, task: TaskSpec) -> list[np.ndarray]:
+        from hemafed.models import get_exchanged
+
+        c = msg.aux.get("c")
+        if c is None:
+            raise AgentError(422, "SCAFFOLD: the server control variate aux['c'] is missing")
+        try:
+            check_weights(c, spec_of(get_exchanged(trainer.model, local_norm=task.local_norm)))
+        except ExchangeError as exc:
+            raise AgentError(422, f"SCAFFOLD: aux['c'] rejected: {exc}") from exc
+        return c
+
     # ------------------------------------------------------------------ handlers
 
     def fit(self, body: bytes) -> bytes:
@@ -133,19 +244,97 @@ class HospitalAgent:
 
     def _fit(self, msg: ModelExchange, ins: FitInstructions) -> ModelExchange:
         from hemafed.models import get_exchanged
-        from hemafed.training import evaluate
+        from hemafed.privacy import dpsgd_epsilon
+        from hemafed.training import UnsupportedConfig, evaluate
 
         task, config = ins.task, ins.config
+        self._check_algorithms(config)
         d = self.data(task.image_size)
         x, y = self._task_labels(d, task, "train")
         if len(y) == 0:
             raise AgentError(409, "none of this hospital's classes are in the federation's class list")
         trainer = self._trainer(task)
         self._load_global(trainer, task, msg.weights)
+        c_server = self._scaffold_c(msg, trainer, task) if config.scaffold else None
+
+        variables = trainer.model.trainable_variables
+        positions = self._trainable_positions(trainer, task)
+        shared = sorted(i for i in positions if i is not None)  # trainable AND exchanged: what the strategies see
+        before = self._state_for_round(task, msg.round)
+        after = replace(before, dp_epochs=dict(before.dp_epochs), previous=None)
+        start = [np.asarray(v.numpy(), dtype=np.float64) for v in variables]  # x: the global model
+        zeros = [np.zeros(v.shape, np.float64) for v in variables]
+        corrections = None
+        train_config = config
+        if config.feddyn_alpha > 0:
+            g = before.feddyn_g if before.feddyn_g is not None else zeros
+            corrections = [-gk for gk in g]
+            train_config = config.model_copy(update={"proximal_mu": config.proximal_mu + config.feddyn_alpha})
+        if c_server is not None:
+            c = [np.zeros(v.shape, np.float64) for v in variables]
+            for j, i in enumerate(positions):
+                if i is not None:
+                    c[i] = np.asarray(c_server[j], dtype=np.float64)
+            c_i = before.scaffold_c if before.scaffold_c is not None else zeros
+            corrections = [ck - cik for ck, cik in zip(c, c_i)]
+
         seed = task.seed * 100_003 + msg.round * 101 + _stable_hash(self.settings.hospital_id)
-        result = trainer.fit(x, y, config, seed=seed, num_classes=len(task.classes))
+        try:
+            result = trainer.fit(x, y, train_config, seed=seed, num_classes=len(task.classes),
+                                 corrections=corrections)
+        except UnsupportedConfig as exc:
+            raise AgentError(422, str(exc)) from exc
+        end = [np.asarray(v.numpy(), dtype=np.float64) for v in variables]  # y / theta_k: the local model
+        aux: dict[str, list[np.ndarray]] = {}
+        extra_metrics: dict[str, float] = {}
+
+        if config.feddyn_alpha > 0:
+            alpha = config.feddyn_alpha
+            g = [gk.copy() for gk in (before.feddyn_g if before.feddyn_g is not None else zeros)]
+            for i in shared:
+                g[i] = g[i] - alpha * (end[i] - start[i])
+            after.feddyn_g = g
+        if c_server is not None:
+            k, lr = result.steps, config.learning_rate
+            c_i = before.scaffold_c if before.scaffold_c is not None else zeros
+            c_new = [cik.copy() for cik in c_i]
+            for i in shared:
+                c_new[i] = c_i[i] - c[i] + (start[i] - end[i]) / (k * lr)
+            after.scaffold_c = c_new
+            exchanged = get_exchanged(trainer.model, local_norm=task.local_norm)
+            aux["delta_c"] = [
+                np.zeros_like(w) if i is None else (c_new[i] - c_i[i]).astype(w.dtype)
+                for w, i in zip(exchanged, positions)
+            ]
+        if config.dp_clip_norm > 0 and config.dp_noise_multiplier > 0:
+            n = result.num_examples
+            batch = min(config.batch_size, n)
+            steps_per_epoch = result.steps // config.local_epochs
+            # max_steps_per_epoch = the steps actually run per epoch: the accountant counts exactly them
+            key = (n, batch, float(config.dp_noise_multiplier), steps_per_epoch, float(config.dp_delta))
+            after.dp_epochs[key] = after.dp_epochs.get(key, 0) + config.local_epochs
+
+            def eps(k: tuple, epochs: int) -> float:
+                return dpsgd_epsilon(k[0], k[1], epochs, k[2], k[4], max_steps_per_epoch=k[3])
+
+            # one configuration: RDP composition; several: their (epsilon, delta)s add up (basic composition)
+            extra_metrics = {
+                "dp_epsilon": sum(eps(k, e) for k, e in after.dp_epochs.items()),
+                "dp_epsilon_round": eps(key, config.local_epochs),
+                "dp_delta": sum(k[4] for k in after.dp_epochs),
+            }
+            log.info("round %d: DP-SGD (C=%g, z=%g, q=%d/%d, %d steps, %s): epsilon %.3f this round, %.3f in "
+                     "total at delta %.2g", msg.round, config.dp_clip_norm, config.dp_noise_multiplier, batch, n,
+                     result.steps, result.per_example, extra_metrics["dp_epsilon_round"],
+                     extra_metrics["dp_epsilon"], extra_metrics["dp_delta"])
+        elif config.dp_clip_norm > 0:
+            log.warning("round %d: per-example clipping without noise (dp_noise_multiplier = 0): no privacy guarantee",
+                        msg.round)
+
         xv, yv = self._task_labels(d, task, "val")
         local_val = evaluate(trainer, xv, yv, len(task.classes))
+        if config.feddyn_alpha > 0 or c_server is not None or config.dp_clip_norm > 0:
+            self._commit_state(task, msg.round, before, after)
         self.last_round = msg.round
         log.info("round %d: trained on %d images in %.1fs, loss %.4f", msg.round, result.num_examples,
                  result.seconds, result.train_loss)
@@ -160,8 +349,10 @@ class HospitalAgent:
                 "steps": float(result.steps),
                 "local_val_accuracy": local_val.accuracy,
                 "local_val_loss": local_val.loss,
+                **extra_metrics,
             },
             extra={"hospital_id": self.settings.hospital_id},
+            aux=aux,
         )
 
     def evaluate(self, body: bytes) -> EvaluatePublic:

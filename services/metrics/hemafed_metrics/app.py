@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from hemafed.resources import sample_process
 from hemafed_metrics.collector import StoreCollector
-from hemafed_metrics.limits import BodySizeLimitMiddleware
+from hemafed.web import BodySizeLimitMiddleware
 from hemafed_metrics.routes import health, metrics, resources, rounds, runs
 from hemafed_metrics.routes.health import VERSION
 from hemafed_metrics.settings import MetricsSettings
@@ -72,7 +72,7 @@ def create_app(settings: MetricsSettings | None = None, store: MetricsStore | No
     registry.register(StoreCollector(lambda: app.state.store))
     app.state.registry = registry
 
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RunNotFound)
     async def _not_found(request: Request, exc: RunNotFound) -> JSONResponse:

@@ -1,0 +1,164 @@
+"""LocalTrainer: reproducibility, FedProx's proximal term, linear corrections (SCAFFOLD / FedDyn)
+and the DP-SGD step (per-example clipping, noise scale, vectorized vs loop), on a tiny CNN."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from hemafed.schemas import FitConfig
+
+pytest.importorskip("tensorflow")
+
+from hemafed.models import build_model, get_exchanged, set_exchanged  # noqa: E402
+from hemafed.training import LocalTrainer, UnsupportedConfig  # noqa: E402
+
+SIZE, N = 16, 16
+RNG = np.random.default_rng(0)
+IMAGES = RNG.uniform(0, 255, (N, SIZE, SIZE, 3)).astype(np.float32)
+LABELS = np.array([0, 1] * (N // 2), dtype=np.int64)
+
+
+def sgd(**kw) -> FitConfig:
+    base = {"local_epochs": 1, "batch_size": N, "learning_rate": 0.1, "optimizer": "sgd", "augment": False}
+    return FitConfig(**{**base, **kw})
+
+
+def flat(ws) -> np.ndarray:
+    return np.concatenate([np.asarray(w, np.float64).ravel() for w in ws])
+
+
+class Runner:
+    """One trainer reused across runs (as on a hospital): every run starts from the same weights."""
+
+    def __init__(self, *, dropout: bool = True, per_example: str = "auto") -> None:
+        model = build_model("cnn", 2, SIZE, seed=0)
+        if not dropout:  # per-example and batched forward passes then see the same network
+            model.get_layer("dropout").rate = 0.0
+        self.trainer = LocalTrainer(model, per_example=per_example)
+        self.w0 = get_exchanged(model)
+
+    def delta(self, config: FitConfig, *, seed: int = 1, **kw):
+        set_exchanged(self.trainer.model, self.w0)
+        result = self.trainer.fit(IMAGES, LABELS, config, seed=seed, num_classes=2, **kw)
+        return flat(get_exchanged(self.trainer.model)) - flat(self.w0), result
+
+
+@pytest.fixture(scope="module")
+def runner() -> Runner:
+    return Runner()
+
+
+@pytest.fixture(scope="module")
+def runner_nodrop() -> Runner:
+    return Runner(dropout=False)
+
+
+def test_fit_is_reproducible_for_a_seed(runner):
+    cfg = sgd(batch_size=4, learning_rate=0.05)  # 4 steps, dropout on, shuffled
+    a, res = runner.delta(cfg, seed=1)
+    b, _ = runner.delta(cfg, seed=1)
+    c, _ = runner.delta(cfg, seed=2)
+    assert res.steps == 4 and res.num_examples == N and res.per_example is None
+    np.testing.assert_array_equal(a, b)  # same seed: same shuffle, same dropout masks
+    assert np.abs(a - c).max() > 1e-4  # another seed: another trajectory
+    assert np.linalg.norm(a) > 1e-3
+
+
+def test_fedprox_huge_mu_keeps_the_weights_near_the_global_model(runner):
+    # 10 full-batch SGD steps. With lr * mu = 1 each step lands one gradient step from the global
+    # model: w - w_g = (1 - lr mu)(w - w_g) - lr grad = -lr grad, so the drift cannot accumulate
+    # (mu = 20 is huge next to this loss's curvature; SGD is stable for lr * mu < 2).
+    free, _ = runner.delta(sgd(local_epochs=10, learning_rate=0.05, proximal_mu=0.0))
+    prox, res = runner.delta(sgd(local_epochs=10, learning_rate=0.05, proximal_mu=20.0))
+    assert res.steps == 10
+    d_free, d_prox = np.linalg.norm(free), np.linalg.norm(prox)
+    assert d_free > 0.1
+    assert 0 < d_prox < 0.25 * d_free  # about one step of ten
+
+
+def test_corrections_shift_one_sgd_step_by_exactly_minus_lr_times_c(runner):
+    c = [RNG.normal(0, 0.01, w.shape).astype(np.float32) for w in runner.w0]
+    plain, _ = runner.delta(sgd(learning_rate=0.1))  # one step on the whole batch
+    corrected, res = runner.delta(sgd(learning_rate=0.1), corrections=c)
+    assert res.steps == 1
+    np.testing.assert_allclose(corrected - plain, -0.1 * flat(c), atol=2e-7)
+    with pytest.raises(ValueError, match="corrections"):
+        runner.trainer.fit(IMAGES, LABELS, sgd(), seed=1, num_classes=2, corrections=c[:-1])
+
+
+@pytest.mark.parametrize("mode", ["vectorized", "loop"])
+def test_dp_step_without_clipping_or_noise_is_the_plain_step(runner_nodrop, mode):
+    dp_runner = runner_nodrop if mode == "vectorized" else Runner(dropout=False, per_example="loop")
+    plain, _ = runner_nodrop.delta(sgd(learning_rate=1.0))
+    dp, res = dp_runner.delta(sgd(learning_rate=1.0, dp_clip_norm=1e6))  # C never binds, z = 0
+    assert res.per_example == mode
+    assert np.linalg.norm(plain) > 1.0
+    np.testing.assert_allclose(dp, plain, atol=5e-6)  # mean of per-example gradients == batch gradient
+
+
+def test_dp_per_example_clipping_bounds_the_update(runner_nodrop):
+    clip = 0.01
+    # lr 1, SGD, one step on a batch of 16, no noise: ||dw|| = ||sum_i clip(g_i)|| / 16 <= C
+    plain, _ = runner_nodrop.delta(sgd(learning_rate=1.0))
+    clipped, res = runner_nodrop.delta(sgd(learning_rate=1.0, dp_clip_norm=clip))
+    assert res.steps == 1 and res.per_example == "vectorized"
+    assert np.linalg.norm(plain) > 100 * clip  # the clip binds
+    assert 0 < np.linalg.norm(clipped) <= clip * (1 + 1e-5)
+    # one example per step: its gradient (norm >> C) is scaled to norm exactly C
+    single, res1 = runner_nodrop.delta(sgd(learning_rate=1.0, batch_size=1, max_steps_per_epoch=1,
+                                           dp_clip_norm=clip))
+    assert res1.steps == 1
+    assert np.linalg.norm(single) == pytest.approx(clip, rel=1e-5)
+    # the microbatch loop clips the same way
+    loop, res2 = Runner(dropout=False, per_example="loop").delta(sgd(learning_rate=1.0, dp_clip_norm=clip))
+    assert res2.per_example == "loop"
+    np.testing.assert_allclose(loop, clipped, atol=1e-8)
+
+
+def test_dp_noise_is_added_with_std_z_c_over_batch(runner):
+    lr, clip, z = 0.01, 1.0, 1.0
+    cfg = sgd(learning_rate=lr, dp_clip_norm=clip, dp_noise_multiplier=z)
+    a, res = runner.delta(cfg, seed=1, noise_seed=1)
+    b, _ = runner.delta(cfg, seed=1, noise_seed=2)
+    a_again, _ = runner.delta(cfg, seed=1, noise_seed=1)
+    np.testing.assert_array_equal(a, a_again)  # the mechanism is reproducible given its noise seed
+    # same data, start and dropout: one step differs only by lr (n_a - n_b) / B, n ~ N(0, (zC)^2 I_P)
+    p = a.size
+    expected = lr * z * clip * np.sqrt(2 * p) / N
+    assert np.linalg.norm(a - b) == pytest.approx(expected, rel=0.03)
+    # without noise_seed the noise comes from the OS: two runs differ as much
+    c, _ = runner.delta(cfg, seed=1)
+    d, _ = runner.delta(cfg, seed=1)
+    assert np.linalg.norm(c - d) == pytest.approx(expected, rel=0.03)
+    # z = 0: identical runs for identical seeds, whatever the noise seed
+    no_noise = sgd(learning_rate=lr, dp_clip_norm=clip)
+    e, _ = runner.delta(no_noise, seed=1, noise_seed=1)
+    f, _ = runner.delta(no_noise, seed=1, noise_seed=2)
+    np.testing.assert_array_equal(e, f)
+    assert res.steps == 1 and np.linalg.norm(e) > 0
+
+
+def test_dp_falls_back_to_the_microbatch_loop(monkeypatch, caplog):
+    import tensorflow as tf
+
+    def broken(*_a, **_k):
+        raise ValueError("cannot vectorize")
+
+    monkeypatch.setattr(tf, "vectorized_map", broken)
+    r = Runner(dropout=False)
+    with caplog.at_level(logging.WARNING, logger="hemafed.training"):
+        dw, res = r.delta(sgd(learning_rate=1.0, dp_clip_norm=0.01))
+    assert res.per_example == "loop"
+    assert "microbatches of one example" in caplog.text
+    assert 0 < np.linalg.norm(dw) <= 0.01 * (1 + 1e-5)
+
+
+def test_dp_refuses_batchnorm_models():
+    trainer = LocalTrainer(build_model("cnn-bn", 2, SIZE, seed=0))
+    with pytest.raises(UnsupportedConfig, match="BatchNormalization"):
+        trainer.fit(IMAGES, LABELS, sgd(dp_clip_norm=1.0, dp_noise_multiplier=1.0), seed=1, num_classes=2)
+    with pytest.raises(ValueError, match="per_example"):
+        LocalTrainer(trainer.model, per_example="jacobian")
