@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 @pytest.fixture(scope="module")
 def run(stack):
-    return stack.up("synthetic", clients=CLIENTS, rounds=ROUNDS, split="noniid", local_epochs=2)
+    return stack.up("synthetic", clients=CLIENTS, rounds=ROUNDS, split="iid", local_epochs=2)
 
 
 def test_make_up_reports_progress_and_result(run):
@@ -38,7 +38,7 @@ def test_run_finished_with_every_hospital_and_round(stack, run):
     assert info["rounds_total"] == ROUNDS
     assert info["rounds_completed"] == ROUNDS
     assert info["clients"] == CLIENTS
-    assert info["split"] == "noniid"
+    assert info["split"] == "iid"
     assert info["model"] == "cnn"
     assert info["test_accuracy"] > 0.5  # 8 classes: chance is 0.125
 
@@ -88,7 +88,7 @@ def test_results_on_the_aggregator_volume(run):
 
 def test_manifest_and_disjoint_hospital_mounts(run):
     manifest = json.loads((run.data_mounts / "manifest.json").read_text())
-    assert manifest["split"] == "noniid"
+    assert manifest["split"] == "iid"
     seen: dict[str, str] = {}
     for where in [*HOSPITALS, "test"]:
         for f in (run.data_mounts / where).rglob("*"):

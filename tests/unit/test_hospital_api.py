@@ -49,7 +49,7 @@ def fit_body(weights, rnd=1, config=None, task=TASK) -> bytes:
 async def test_health(client):
     r = await client.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "service": "hospital-hospital-1", "version": "0.1.0"}
+    assert r.json() == {"status": "ok", "service": "hospital-1", "version": "0.1.0"}
 
 
 async def test_dataset_summary_is_counts_only(client):

@@ -67,16 +67,21 @@ def test_fit_is_reproducible_for_a_seed(runner):
     assert np.linalg.norm(a) > 1e-3
 
 
-def test_fedprox_huge_mu_keeps_the_weights_near_the_global_model(runner):
-    # 10 full-batch SGD steps. With lr * mu = 1 each step lands one gradient step from the global
-    # model: w - w_g = (1 - lr mu)(w - w_g) - lr grad = -lr grad, so the drift cannot accumulate
-    # (mu = 20 is huge next to this loss's curvature; SGD is stable for lr * mu < 2).
-    free, _ = runner.delta(sgd(local_epochs=10, learning_rate=0.05, proximal_mu=0.0))
-    prox, res = runner.delta(sgd(local_epochs=10, learning_rate=0.05, proximal_mu=20.0))
+def test_fedprox_huge_mu_keeps_the_weights_near_the_global_model(runner, runner_nodrop):
+    # Adam (the default client optimizer), 10 full-batch steps, mu = 1e4: the proximal gradient
+    # dominates, the weights only oscillate around the global model (measured: 0.14x the drift)
+    adam = {"local_epochs": 10, "batch_size": N, "learning_rate": 1e-3, "optimizer": "adam", "augment": False}
+    free, _ = runner.delta(FitConfig(**adam))
+    prox, res = runner.delta(FitConfig(**adam, proximal_mu=1e4))
     assert res.steps == 10
-    d_free, d_prox = np.linalg.norm(free), np.linalg.norm(prox)
-    assert d_free > 0.1
-    assert 0 < d_prox < 0.25 * d_free  # about one step of ten
+    assert np.linalg.norm(free) > 0.5
+    assert 0 < np.linalg.norm(prox) < 0.2 * np.linalg.norm(free)
+    # SGD with lr * mu = 1: each step lands one gradient step from the global model,
+    # w - w_g <- (1 - lr mu)(w - w_g) - lr grad = -lr grad: the drift cannot accumulate (measured: 0.11x)
+    free, _ = runner_nodrop.delta(sgd(local_epochs=10, learning_rate=0.005))
+    prox, _ = runner_nodrop.delta(sgd(local_epochs=10, learning_rate=0.005, proximal_mu=200.0))
+    assert np.linalg.norm(free) > 0.05
+    assert 0 < np.linalg.norm(prox) < 0.2 * np.linalg.norm(free)
 
 
 def test_corrections_shift_one_sgd_step_by_exactly_minus_lr_times_c(runner):

@@ -24,7 +24,7 @@ def create_app(settings: HospitalSettings | None = None, agent: HospitalAgent | 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        setup_logging(f"hospital-{settings.hospital_id}")
+        setup_logging(settings.hospital_id)
         from hemafed.training import configure_threads
 
         configure_threads(settings.tf_threads)
@@ -32,7 +32,7 @@ def create_app(settings: HospitalSettings | None = None, agent: HospitalAgent | 
         if report_resources and settings.metrics_url:
             from hemafed.resources import ResourceReporter
 
-            reporter = ResourceReporter(f"hospital-{settings.hospital_id}", settings.metrics_url,
+            reporter = ResourceReporter(settings.hospital_id, settings.metrics_url,
                                         interval=settings.sample_interval)
             await reporter.start()
         try:

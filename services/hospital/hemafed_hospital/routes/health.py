@@ -9,4 +9,4 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthPublic)
 def health(settings: SettingsDep) -> HealthPublic:
-    return HealthPublic(service=f"hospital-{settings.hospital_id}", version=__version__)
+    return HealthPublic(service=settings.hospital_id, version=__version__)
