@@ -18,7 +18,10 @@ correction) are added after the noise, then the optimizer steps. The noise is dr
 fresh OS-random seed unless the caller passes ``noise_seed`` (tests only: a seed the aggregator
 could guess lets it subtract the noise). Models that normalise with batch statistics
 (trainable BatchNormalization) are refused: per-example gradients are not defined for them
-(use the GroupNorm ``cnn``, as Opacus asks for GroupNorm).
+(use the GroupNorm ``cnn``, as Opacus asks for GroupNorm). Costs: the vectorized step holds one
+gradient per example (batch x model size in memory); in it, random layers (dropout) draw one mask
+per batch, shared by its examples (pfor runs the seed update once), while the loop draws one per
+example; the masks never depend on the data, so the privacy guarantee is the same.
 
 ``fit`` is deterministic for a given ``seed`` (shuffling, augmentation and the model's dropout
 seeds all derive from it), apart from DP noise drawn without ``noise_seed``.
@@ -148,7 +151,10 @@ def _leaf_layers(layer):
 def batch_statistics_layers(model: keras.Model) -> list[str]:
     """Names of the trainable BatchNormalization layers (they normalise with batch statistics,
     which couples the examples of a batch: no per-example gradients, hence no DP-SGD)."""
-    return [l.name for l in _leaf_layers(model) if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+    return [
+        layer.name for layer in _leaf_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
 
 
 @contextlib.contextmanager
@@ -239,7 +245,8 @@ class LocalTrainer:
             return [g * scale for g in grads], loss, correct
 
         def clipped_sum_vectorized(x, y, sw, clip):
-            grads, losses, correct = tf.vectorized_map(lambda a: one_example(a[0], a[1], a[2], clip), (x, y, sw))
+            grads, losses, correct = tf.vectorized_map(
+                lambda a: one_example(a[0], a[1], a[2], clip), (x, y, sw))
             return [tf.reduce_sum(g, axis=0) for g in grads], losses, correct
 
         def clipped_sum_loop(x, y, sw, clip):
@@ -287,8 +294,9 @@ class LocalTrainer:
                     return self._dp_steps["vectorized"](*args), "vectorized"
                 except Exception as exc:  # noqa: BLE001 - any tracing failure of pfor: use the loop
                     self._dp_steps.pop("vectorized", None)
-                    log.warning("per-example gradients cannot be vectorized for %s (%s: %s); using microbatches "
-                                "of one example", self.model.name, type(exc).__name__, str(exc)[:200])
+                    log.warning("per-example gradients cannot be vectorized for %s (%s: %s); using "
+                                "microbatches of one example", self.model.name, type(exc).__name__,
+                                str(exc)[:200])
                     mode = "loop"
             if mode not in self._dp_steps:
                 self._dp_steps[mode] = self._build_dp_step(mode)
@@ -297,7 +305,8 @@ class LocalTrainer:
     def _reseed(self, seed: int) -> None:
         """Derive the model's random layers' seeds (dropout) from the round's seed."""
         for i, sg in enumerate(self._seed_generators):
-            sg.state.assign(np.array([(int(seed) * 1_000_003 + 7919 * i) % 2_147_483_647, 0], dtype=sg.state.dtype))
+            derived = (int(seed) * 1_000_003 + 7919 * i) % 2_147_483_647
+            sg.state.assign(np.array([derived, 0], dtype=sg.state.dtype))
 
     def fit(
         self,
@@ -323,8 +332,8 @@ class LocalTrainer:
             bn = batch_statistics_layers(self.model)
             if bn:
                 raise UnsupportedConfig(
-                    f"DP-SGD needs per-example gradients, which BatchNormalization layers ({', '.join(bn[:3])}) "
-                    "do not have: use a model with GroupNorm (e.g. 'cnn') or freeze those layers")
+                    f"DP-SGD needs per-example gradients, which BatchNormalization layers "
+                    f"({', '.join(bn[:3])}) do not have: use a GroupNorm model (e.g. 'cnn') or freeze them")
         t0 = time.perf_counter()
         self._prepare_optimizer(config)
         self._reseed(seed)

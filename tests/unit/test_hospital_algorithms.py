@@ -60,7 +60,8 @@ def config(**kw) -> FitConfig:
     return FitConfig(**{**base, **kw})
 
 
-def fit(agent: HospitalAgent, weights, rnd: int, cfg: FitConfig, task: TaskSpec = TASK, aux=None) -> ModelExchange:
+def fit(agent: HospitalAgent, weights, rnd: int, cfg: FitConfig, task: TaskSpec = TASK,
+        aux=None) -> ModelExchange:
     ins = FitInstructions(task=task, config=cfg)
     body = ModelExchange(weights=weights, round=rnd, extra={"instructions": ins.model_dump(mode="json")},
                          aux=aux or {}).to_bytes()

@@ -27,7 +27,9 @@ log = logging.getLogger("hemafed.aggregator")
 
 def fit_config_of(run: RunConfig) -> FitConfig:
     return FitConfig(local_epochs=run.local_epochs, batch_size=run.batch_size, learning_rate=run.learning_rate,
-                     optimizer=run.optimizer, augment=run.augment, class_weighting=run.class_weighting)
+                     optimizer=run.optimizer, augment=run.augment, class_weighting=run.class_weighting,
+                     dp_clip_norm=run.dp_clip_norm, dp_noise_multiplier=run.dp_noise_multiplier,
+                     dp_delta=run.dp_delta, max_steps_per_epoch=run.max_steps_per_epoch)
 
 
 def build_server(settings: AggregatorSettings, run: RunConfig, http: httpx.AsyncClient) -> FederatedServer:

@@ -70,6 +70,11 @@ class RunConfig(BaseSettings):
     class_weighting: bool = False
     trainable_fraction: float = Field(1.0, ge=0, le=1)
     local_norm: bool = False
+    #: sample-level DP-SGD at the hospitals (0 = off): per-example clip norm, noise multiplier, delta
+    dp_clip_norm: float = Field(0.0, ge=0)
+    dp_noise_multiplier: float = Field(0.0, ge=0)
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
+    max_steps_per_epoch: int = Field(0, ge=0)
     split: str = ""
     dataset: str = ""
 

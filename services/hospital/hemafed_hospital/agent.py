@@ -198,7 +198,8 @@ class HospitalAgent:
         if rnd == st.round and st.previous is not None:
             log.warning("round %d sent again: starting from the state before it", rnd)
             return replace(st.previous, dp_epochs=dict(st.dp_epochs))  # privacy spent stays spent
-        log.warning("round %d after round %d: a new run, the FedDyn/SCAFFOLD/DP state starts again", rnd, st.round)
+        log.warning("round %d after round %d: a new run, the FedDyn/SCAFFOLD/DP state starts again",
+                    rnd, st.round)
         return AlgorithmState()
 
     def _commit_state(self, task: TaskSpec, rnd: int, before: AlgorithmState, after: AlgorithmState) -> None:
@@ -259,7 +260,8 @@ class HospitalAgent:
 
         variables = trainer.model.trainable_variables
         positions = self._trainable_positions(trainer, task)
-        shared = sorted(i for i in positions if i is not None)  # trainable AND exchanged: what the strategies see
+        # trainable AND exchanged: the variables the strategies' rules apply to
+        shared = sorted(i for i in positions if i is not None)
         before = self._state_for_round(task, msg.round)
         after = replace(before, dp_epochs=dict(before.dp_epochs), previous=None)
         start = [np.asarray(v.numpy(), dtype=np.float64) for v in variables]  # x: the global model
@@ -324,12 +326,12 @@ class HospitalAgent:
                 "dp_delta": sum(k[4] for k in after.dp_epochs),
             }
             log.info("round %d: DP-SGD (C=%g, z=%g, q=%d/%d, %d steps, %s): epsilon %.3f this round, %.3f in "
-                     "total at delta %.2g", msg.round, config.dp_clip_norm, config.dp_noise_multiplier, batch, n,
-                     result.steps, result.per_example, extra_metrics["dp_epsilon_round"],
+                     "total at delta %.2g", msg.round, config.dp_clip_norm, config.dp_noise_multiplier, batch,
+                     n, result.steps, result.per_example, extra_metrics["dp_epsilon_round"],
                      extra_metrics["dp_epsilon"], extra_metrics["dp_delta"])
         elif config.dp_clip_norm > 0:
-            log.warning("round %d: per-example clipping without noise (dp_noise_multiplier = 0): no privacy guarantee",
-                        msg.round)
+            log.warning("round %d: per-example clipping without noise (dp_noise_multiplier = 0): "
+                        "no privacy guarantee", msg.round)
 
         xv, yv = self._task_labels(d, task, "val")
         local_val = evaluate(trainer, xv, yv, len(task.classes))
