@@ -91,7 +91,8 @@ def _make_env() -> dict[str, str]:
             "STRATEGY_PARAMS MIN_CLIENTS FRACTION_FIT ROUND_TIMEOUT MODEL IMAGE_SIZE LOCAL_EPOCHS BATCH_SIZE "
             "LEARNING_RATE OPTIMIZER AUGMENT SPLIT DATASET_LABEL DATA_MOUNTS RESULTS_DIR").split()
     env = {k: "x" for k in keys}
-    env.update(METRICS_PORT=str(METRICS_PORT), AGGREGATOR_PORT=str(AGGREGATOR_PORT), STRATEGY_PARAMS="{}")
+    env.update(METRICS_PORT=str(METRICS_PORT), AGGREGATOR_PORT=str(AGGREGATOR_PORT), STRATEGY_PARAMS="{}",
+               DATA_MOUNTS="/nonexistent", RESULTS_DIR="/nonexistent")
     return env
 
 
