@@ -152,11 +152,11 @@ def build_model(
     )
 
 
-def _leaf_layers(layer: keras.layers.Layer):
+def leaf_layers(layer: keras.layers.Layer):
     sub = getattr(layer, "layers", None)
     if sub:
         for child in sub:
-            yield from _leaf_layers(child)
+            yield from leaf_layers(child)
     else:
         yield layer
 
@@ -169,7 +169,7 @@ def exchanged_variables(model: keras.Model, *, local_norm: bool = False) -> list
     ``local_norm`` (FedBN, Li et al. 2021) normalisation layers stay local.
     """
     out = []
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         if not layer.trainable or not layer.weights:
             continue
         if local_norm and isinstance(layer, NORM_LAYERS):

@@ -43,6 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from hemafed.models import leaf_layers  # noqa: E402
 from hemafed.schemas import FitConfig  # noqa: E402
 
 log = logging.getLogger("hemafed.training")
@@ -139,20 +140,11 @@ class TrainResult:
     per_example: str | None = None
 
 
-def _leaf_layers(layer):
-    sub = getattr(layer, "layers", None)
-    if sub:
-        for child in sub:
-            yield from _leaf_layers(child)
-    else:
-        yield layer
-
-
 def batch_statistics_layers(model: keras.Model) -> list[str]:
     """Names of the trainable BatchNormalization layers (they normalise with batch statistics,
     which couples the examples of a batch: no per-example gradients, hence no DP-SGD)."""
     return [
-        layer.name for layer in _leaf_layers(model)
+        layer.name for layer in leaf_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
     ]
 
