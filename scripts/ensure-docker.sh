@@ -22,12 +22,10 @@ if ! docker info >/dev/null 2>&1; then
     log "starting dockerd in the background (log: /tmp/dockerd.log)"
     nohup dockerd >/tmp/dockerd.log 2>&1 &
   fi
-  for i in $(seq 1 60); do
+  for i in $(seq 1 60); do  # bounded retry: up to ~60 s for the engine to answer
     if docker info >/dev/null 2>&1; then break; fi
     if [ "$i" = 60 ]; then log "dockerd did not come up; see /tmp/dockerd.log"; exit 1; fi
-    # wait for the engine socket with a bounded retry loop
-    timeout 1 bash -c 'until [ -S /var/run/docker.sock ]; do :; done' 2>/dev/null || true
-    docker info >/dev/null 2>&1 || read -r -t 1 <> <(:) || true
+    sleep 1
   done
 fi
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then

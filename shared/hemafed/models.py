@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hemafed.schemas import TaskSpec
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: quiet C++ logs
 
 import keras  # noqa: E402
@@ -150,6 +152,12 @@ def build_model(
     return _application(
         name, num_classes, image_size, weights, default_fraction if trainable_fraction is None else trainable_fraction
     )
+
+
+def build_for_task(task: TaskSpec) -> keras.Model:
+    """The model a federation's TaskSpec describes (same for every hospital and the aggregator)."""
+    fraction = None if task.model in ("cnn", "cnn-bn") else task.trainable_fraction
+    return build_model(task.model, len(task.classes), task.image_size, seed=task.seed, trainable_fraction=fraction)
 
 
 def leaf_layers(layer: keras.layers.Layer):

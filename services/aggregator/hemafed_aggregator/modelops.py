@@ -15,10 +15,9 @@ from hemafed.schemas import TaskSpec
 
 
 def _build(task: TaskSpec):
-    from hemafed.models import build_model
+    from hemafed.models import build_for_task
 
-    tf_ = None if task.model in ("cnn", "cnn-bn") else task.trainable_fraction
-    return build_model(task.model, len(task.classes), task.image_size, seed=task.seed, trainable_fraction=tf_)
+    return build_for_task(task)
 
 
 def initial_weights(task: TaskSpec) -> tuple[list[np.ndarray], dict[str, int]]:
@@ -40,16 +39,13 @@ def save_keras(task: TaskSpec, weights: list[np.ndarray], path: Path, metadata: 
 
 def evaluate_on_test(task: TaskSpec, weights: list[np.ndarray], test_dir: Path) -> dict[str, Any]:
     """Accuracy, macro precision/recall/F1, per-class table and confusion matrix on the test set."""
-    from hemafed.data.loader import load_image_folder
+    from hemafed.data.loader import load_image_folder, remap_labels
     from hemafed.models import set_exchanged
     from hemafed.training import LocalTrainer, evaluate
 
     data = load_image_folder(test_dir, task.image_size)
-    index = {c: i for i, c in enumerate(task.classes)}
-    mapping = np.array([index.get(c, -1) for c in data.classes], dtype=np.int64)
-    y = mapping[data.labels] if len(data.labels) else data.labels
-    keep = y >= 0
-    x, y = data.images[keep], y[keep]
+    y, keep = remap_labels(data.labels, data.classes, task.classes)
+    x = data.images[keep]
     model = _build(task)
     set_exchanged(model, weights, local_norm=task.local_norm)
     res = evaluate(LocalTrainer(model), x, y, len(task.classes))

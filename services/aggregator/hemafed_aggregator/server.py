@@ -100,7 +100,7 @@ class FederatedServer:
     async def run(self) -> RunState:
         try:
             await self._run()
-        except (RunFailed, Exception) as exc:  # noqa: BLE001 - a failed run is reported, not raised
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, not raised
             if not isinstance(exc, RunFailed):
                 log.exception("run failed")
             self.state.status = "failed"

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from pydantic import ValidationError
 
-from hemafed.data.loader import load_image_folder, stratified_split
+from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
 from hemafed.exchange import ExchangeError, ModelExchange, check_weights, spec_of
 from hemafed.schemas import (
     DatasetSummaryPublic,
@@ -146,23 +146,18 @@ class HospitalAgent:
     def _task_labels(self, d: LocalData, task: TaskSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Local images relabelled to the federation's class list (unknown classes dropped)."""
         x, y = (d.x_train, d.y_train) if split == "train" else (d.x_val, d.y_val)
-        index = {c: i for i, c in enumerate(task.classes)}
-        mapping = np.array([index.get(c, -1) for c in d.local_classes], dtype=np.int64)
-        y_task = mapping[y]
-        keep = y_task >= 0
-        return x[keep], y_task[keep]
+        y_task, keep = remap_labels(y, d.local_classes, task.classes)
+        return x[keep], y_task
 
     # ------------------------------------------------------------------ model
 
     def _trainer(self, task: TaskSpec):
-        from hemafed.models import build_model  # TensorFlow: only where a model is built
+        from hemafed.models import build_for_task  # TensorFlow: only where a model is built
         from hemafed.training import LocalTrainer
 
         key = task.model_dump_json()
         if key not in self._models:
-            model = build_model(task.model, len(task.classes), task.image_size, seed=task.seed,
-                                trainable_fraction=None if task.model in ("cnn", "cnn-bn") else task.trainable_fraction)
-            self._models = {key: LocalTrainer(model)}  # keep one model: memory on small hosts
+            self._models = {key: LocalTrainer(build_for_task(task))}  # keep one model: memory on small hosts
         return self._models[key]
 
     def _load_global(self, trainer, task: TaskSpec, weights: list[np.ndarray]) -> None:

@@ -136,3 +136,15 @@ def stratified_split(
         val.append(idx[:k])
         train.append(idx[k:])
     return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(val)).astype(np.int64)
+
+
+def remap_labels(labels: np.ndarray, from_classes: Sequence[str], to_classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Relabel indices into ``from_classes`` as indices into ``to_classes``.
+
+    Returns the new labels of the kept examples and the boolean mask of kept examples
+    (classes missing from ``to_classes`` are dropped)."""
+    index = {c: i for i, c in enumerate(to_classes)}
+    mapping = np.array([index.get(c, -1) for c in from_classes], dtype=np.int64)
+    mapped = mapping[labels] if len(labels) else np.asarray(labels, dtype=np.int64)
+    keep = mapped >= 0
+    return mapped[keep], keep
