@@ -50,9 +50,10 @@ export CLIENTS SPLIT ROUNDS MODEL IMAGE_SIZE LOCAL_EPOCHS BATCH_SIZE LEARNING_RA
 export HOSPITALS DATASET_LABEL
 export HOST_UID := $(shell id -u)
 export HOST_GID := $(shell id -g)
-# a BASE_IMAGE given by the user wins; else scripts/base-image.sh picks one (build/base-image)
-USER_BASE_IMAGE := $(BASE_IMAGE)
-export BASE_IMAGE = $(shell cat $(BASE_IMAGE_FILE) 2>/dev/null || echo python:3.11-slim)
+# BASE_IMAGE is the user's choice only (environment or command line; never exported by make, so a
+# sub-make cannot mistake a fallback for it); else scripts/base-image.sh picks one into build/base-image.
+# Compose builds read the resolved choice as HEMAFED_BASE_IMAGE.
+export HEMAFED_BASE_IMAGE = $(shell cat $(BASE_IMAGE_FILE) 2>/dev/null || echo python:3.11-slim)
 
 .PHONY: help up down logs clean data images base-image docker test test-fast test-integration \
         compose-override benchmark status
@@ -75,7 +76,7 @@ docker: ## install and start Docker where it is missing (Debian, root)
 
 base-image: docker ## pick or build the base image (local debootstrap image when no registry is reachable)
 	@mkdir -p build
-	@BASE_IMAGE="$(USER_BASE_IMAGE)" scripts/base-image.sh > $(BASE_IMAGE_FILE).tmp && mv $(BASE_IMAGE_FILE).tmp $(BASE_IMAGE_FILE)
+	@BASE_IMAGE="$(BASE_IMAGE)" scripts/base-image.sh > $(BASE_IMAGE_FILE).tmp && mv $(BASE_IMAGE_FILE).tmp $(BASE_IMAGE_FILE)
 	@echo "base image: $$(cat $(BASE_IMAGE_FILE))"
 
 images: base-image ## build the hospital, aggregator and metrics images
