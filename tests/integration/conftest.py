@@ -16,9 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PBC_DIR = ROOT.parent / "shared" / "data" / "pbc-128"
-PROJECT = "hemafedtest"
-METRICS_PORT = 18090
-AGGREGATOR_PORT = 18080
+#: overridable so that several developers (or helpers) can run the tier side by side
+PROJECT = os.environ.get("HEMAFED_TEST_PROJECT", "hemafedtest")
+METRICS_PORT = int(os.environ.get("HEMAFED_TEST_METRICS_PORT", "18090"))
+AGGREGATOR_PORT = int(os.environ.get("HEMAFED_TEST_AGGREGATOR_PORT", "18080"))
 
 
 def pytest_collection_modifyitems(items):
