@@ -177,6 +177,9 @@ class RoundBase(BaseModel):
     global_: GlobalRoundMetrics = Field(alias="global")
     hospitals: dict[str, HospitalRoundMetrics]
     duration_seconds: float | None = None
+    #: strategy- and schedule-specific facts of the round (JSON object), e.g. ``dp_epsilon``,
+    #: ``outliers`` ({hospital: {norm, cosine, flagged}}), ``participation`` ({hospital: state})
+    report: dict = Field(default_factory=dict)
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -59,6 +59,7 @@ def round_body(n: int, acc: float = 0.5) -> dict:
             "hosp-b": {"status": "timeout", "message": "no answer in 60 s"},
         },
         "duration_seconds": 3.5,
+        "report": {"dp_epsilon": 0.1 * n, "outliers": {"hosp-a": {"norm": 1.5, "flagged": False}}},
     }
 
 
@@ -258,6 +259,7 @@ async def test_rounds_post_list_idempotent(client: httpx.AsyncClient, clock: Fak
             "hosp-b": hospital(status="timeout", message="no answer in 60 s"),
         },
         "duration_seconds": 3.5,
+        "report": {"dp_epsilon": 0.1, "outliers": {"hosp-a": {"norm": 1.5, "flagged": False}}},
         "run_id": "run-1",
         "recorded_at": T0 + 5,
     }

@@ -301,6 +301,21 @@ class TestSQLiteStore(StoreContract):
             conn.close()
         assert {"runs", "rounds", "resources", "resources_latest"} <= tables
 
+    def test_old_database_gains_the_round_report_column(self, tmp_path: Path, clock: FakeClock) -> None:
+        path = tmp_path / "old.db"
+        conn = sqlite3.connect(path)
+        conn.executescript(
+            "CREATE TABLE rounds (run_id TEXT NOT NULL, round INTEGER NOT NULL, global TEXT NOT NULL,"
+            " hospitals TEXT NOT NULL, duration_seconds REAL, recorded_at REAL NOT NULL,"
+            " PRIMARY KEY (run_id, round));"
+        )
+        conn.close()
+        with SQLiteStore(path, clock=clock) as store:
+            store.create_run(run_create())
+            rnd = round_create(1).model_copy(update={"report": {"dp_epsilon": 1.25}})
+            store.upsert_round("r1", rnd)
+            assert store.list_rounds("r1")[0].report == {"dp_epsilon": 1.25}
+
     def test_persists_across_reopen(self, store: SQLiteStore, db_path: Path, clock: FakeClock) -> None:
         store.create_run(run_create())
         store.create_run(run_create("r2"))

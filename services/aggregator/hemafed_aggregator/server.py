@@ -94,6 +94,8 @@ class FederatedServer:
         self.task: TaskSpec | None = None
         self.weights: Weights = []
         self.best_weights: Weights | None = None
+        #: each hospital's dataset summary (counts only), recorded with the run
+        self.hospital_data: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -125,7 +127,7 @@ class FederatedServer:
             id=cfg.run_id, rounds_total=cfg.rounds, clients=len(self.clients), split=cfg.split,
             model=cfg.model, dataset=cfg.dataset, strategy=self.strategy.name,
             config={**cfg.model_dump(mode="json"), "strategy": self.strategy.describe(), "params": params,
-                    "classes": self.task.classes},
+                    "classes": self.task.classes, "hospital_data": self.hospital_data},
         ))
         self.state.status = "running"
         for rnd in range(1, cfg.rounds + 1):
@@ -172,6 +174,8 @@ class FederatedServer:
                 self.state.hospitals[c.id].message = f"dataset summary failed: {s}"
                 continue
             self.state.hospitals[c.id].num_train = s.num_train
+            self.hospital_data[c.id] = {"classes": s.classes, "num_train": s.num_train, "num_val": s.num_val,
+                                        "skipped_files": s.skipped_files}
             seen.update(k for k, n in s.classes.items() if n > 0)
         if not classes:
             classes = sorted(seen)
@@ -214,9 +218,10 @@ class FederatedServer:
                                                                    "val_loss")}),
             hospitals=hospital_metrics,
             duration_seconds=duration,
+            report=report,
         )
         await self.reporter.report_round(self.run_cfg.run_id, entry)
-        self.state.rounds.append({**entry.model_dump(mode="json", by_alias=True), "strategy": report})
+        self.state.rounds.append(entry.model_dump(mode="json", by_alias=True))
         log.info(
             "round %d/%d: %d/%d hospitals, val acc median %s mean %s (%.1fs)", rnd, self.run_cfg.rounds,
             len(results), len(pairs), _fmt(median), _fmt(glob.get("val_accuracy_mean")), duration,

@@ -272,6 +272,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     hospitals TEXT NOT NULL,         -- JSON {hospital_id: HospitalRoundMetrics}
     duration_seconds REAL,
     recorded_at REAL NOT NULL,
+    report TEXT NOT NULL DEFAULT '{}',  -- JSON: strategy/schedule facts of the round
     PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS resources (
@@ -318,6 +319,10 @@ class SQLiteStore(MetricsStore):
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.executescript(_SCHEMA)
+            # databases created before rounds had a report column (the metrics volume persists)
+            cols = {r["name"] for r in self._conn.execute("PRAGMA table_info(rounds)")}
+            if "report" not in cols:
+                self._conn.execute("ALTER TABLE rounds ADD COLUMN report TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:
@@ -376,7 +381,7 @@ class SQLiteStore(MetricsStore):
             self._check_run(run_id)
             self._conn.execute(
                 "INSERT OR REPLACE INTO rounds (run_id, round, global, hospitals, duration_seconds,"
-                " recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                " recorded_at, report) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     rec.round,
@@ -384,6 +389,7 @@ class SQLiteStore(MetricsStore):
                     json.dumps(hospitals),
                     rec.duration_seconds,
                     rec.recorded_at,
+                    json.dumps(rec.report),
                 ),
             )
         return rec
@@ -465,4 +471,5 @@ def _round_from_row(row: sqlite3.Row) -> RoundPublic:
     data = dict(row)
     data["global"] = json.loads(data["global"])
     data["hospitals"] = json.loads(data["hospitals"])
+    data["report"] = json.loads(data.get("report") or "{}")
     return RoundPublic.model_validate(data)
