@@ -52,12 +52,21 @@ def test_c_and_flag_in_fitins_and_n_from_client_list() -> None:
     assert len(first) == 2
     for _, ins in first:
         assert ins.config.scaffold is True
+        assert ins.config.optimizer == "sgd"  # option II needs plain SGD: set by the strategy itself
         np.testing.assert_array_equal(ins.aux["c"][0], [0.0, 0.0])
     x = s.aggregate_train(1, [arr(1, 1)], results(), [])  # N = 4 from the client list
     np.testing.assert_allclose(s.c[0], [0.15, -0.05])
     second = s.configure_train(2, x, clients, np.random.default_rng(1))
     for _, ins in second:
         np.testing.assert_allclose(ins.aux["c"][0], [0.15, -0.05])
+
+
+def test_the_default_adam_is_replaced_by_sgd_and_the_rest_kept() -> None:
+    from hemafed.schemas import FitConfig
+
+    s = Scaffold(fit_config=FitConfig(optimizer="adam", learning_rate=0.05, local_epochs=3))
+    assert (s.fit_config.optimizer, s.fit_config.learning_rate, s.fit_config.local_epochs) == ("sgd", 0.05, 3)
+    assert s.fit_config.scaffold is True
 
 
 def test_n_defaults_to_hospitals_seen() -> None:

@@ -17,12 +17,15 @@ ids are in :meth:`state_dict`. A result without a well-formed ``aux["delta_c"]``
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from hemafed_aggregator.aggregation import check_same_structure, copy_weights, zeros_like
 from hemafed_aggregator.strategies.base import ClientRef, Failure, FitIns, FitRes, Strategy, Weights
+
+log = logging.getLogger("hemafed.aggregator")
 
 
 class Scaffold(Strategy):
@@ -36,7 +39,11 @@ class Scaffold(Strategy):
             raise ValueError("num_clients must be >= 1")
         self.server_lr = server_lr
         self.num_clients = num_clients
-        self.fit_config = self.fit_config.model_copy(update={"scaffold": True})
+        if self.fit_config.optimizer != "sgd":
+            # option II's control-variate update assumes plain SGD steps at the hospitals
+            log.warning("SCAFFOLD: hospital optimizer %r replaced by plain 'sgd' (option II needs it)",
+                        self.fit_config.optimizer)
+        self.fit_config = self.fit_config.model_copy(update={"scaffold": True, "optimizer": "sgd"})
         self.c: Weights | None = None
         self.known_ids: set[str] = set()
 
