@@ -18,5 +18,7 @@ RUN pip install --no-cache-dir --no-deps /src/aggregator && useradd --system --u
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=5s --timeout=4s --start-period=60s --retries=5 \
-  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=3)"]
-CMD ["uvicorn", "hemafed_aggregator.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8080", "--log-level", "warning"]
+  CMD ["python3", "-m", "hemafed.healthcheck", "https://127.0.0.1:8080/health", "/run/secrets/hemafed"]
+# HTTPS (TLS material and credentials from SECRETS_DIR, hemafed.security); refuses to start without them
+# unless INSECURE=true
+CMD ["python3", "-m", "hemafed_aggregator"]

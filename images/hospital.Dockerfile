@@ -18,5 +18,7 @@ RUN pip install --no-cache-dir --no-deps /src/hospital && useradd --system --uid
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=4s --start-period=60s --retries=5 \
-  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=3)"]
-CMD ["uvicorn", "hemafed_hospital.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--log-level", "warning"]
+  CMD ["python3", "-m", "hemafed.healthcheck", "https://127.0.0.1:8000/health", "/run/secrets/hemafed"]
+# HTTPS (TLS material and credentials from SECRETS_DIR, hemafed.security); refuses to start without them
+# unless INSECURE=true
+CMD ["python3", "-m", "hemafed_hospital"]

@@ -16,5 +16,7 @@ RUN pip install --no-cache-dir --no-deps /src/metrics && useradd --system --uid 
 USER 10001
 EXPOSE 8090
 HEALTHCHECK --interval=5s --timeout=4s --start-period=20s --retries=5 \
-  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8090/health', timeout=3)"]
-CMD ["uvicorn", "hemafed_metrics.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8090", "--log-level", "warning"]
+  CMD ["python3", "-m", "hemafed.healthcheck", "https://127.0.0.1:8090/health", "/run/secrets/hemafed"]
+# HTTPS (TLS material and credentials from SECRETS_DIR, hemafed.security); refuses to start without them
+# unless INSECURE=true
+CMD ["python3", "-m", "hemafed_metrics"]

@@ -24,6 +24,7 @@ def render(n: int) -> str:
             f"      HOSPITAL_ID: hospital-{k}",
             "    volumes:",
             f"      - ${{DATA_MOUNTS:?}}/hospital-{k}:/data:ro",
+            f"      - ${{CERTS_DIR:?}}/hospital-{k}:/run/secrets/hemafed:ro",
         ]
     return "\n".join(out) + "\n"
 

@@ -25,6 +25,18 @@ if [ "$tier" = fast ]; then
   exec .venv/bin/python -m pytest -m "not slow" tests
 fi
 
+if ! command -v chromium >/dev/null 2>&1 || [ ! -x /usr/bin/chromedriver ]; then
+  # headless Chromium for the page tests (tests/integration/browser.py); they skip without it
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium and chromium-driver from Debian (browser tests)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    log "chromium/chromedriver missing and cannot be installed here (need root on Debian): browser tests will skip"
+  fi
+fi
+
 log "preparing Docker and the images"
 make --no-print-directory images
 exec .venv/bin/python -m pytest tests

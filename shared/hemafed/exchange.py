@@ -27,6 +27,8 @@ META_KEY = "hemafed"
 #: Safetensors headers are small JSON documents; anything bigger is not ours.
 MAX_HEADER_BYTES = 10 * 1024 * 1024
 ALLOWED_DTYPES = frozenset({"float32", "float16", "float64", "int32", "int64"})
+#: the same, as safetensors header codes (checked before the tensors are decoded)
+_HEADER_DTYPES = frozenset({"F32", "F16", "F64", "I32", "I64"})
 
 
 class ExchangeError(ValueError):
@@ -65,7 +67,7 @@ class ModelExchange:
         meta = _read_metadata(data)
         try:
             tensors = st_load(data)
-        except (SafetensorError, ValueError, TypeError) as exc:  # malformed body
+        except (SafetensorError, ValueError, TypeError, KeyError) as exc:  # malformed body
             raise ExchangeError(f"malformed safetensors body: {exc}") from exc
         names = sorted(n for n in tensors if not n.startswith("aux."))
         if names != [f"{i:04d}" for i in range(len(names))]:
@@ -115,10 +117,14 @@ def _read_metadata(data: bytes) -> dict[str, Any]:
         if raw is None:
             raise ExchangeError(f"missing '{META_KEY}' metadata in safetensors header")
         meta = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as exc:
         raise ExchangeError(f"unreadable safetensors header: {exc}") from exc
     if not isinstance(meta, dict):
         raise ExchangeError("metadata must be a JSON object")
+    for name, entry in header.items():
+        # an unknown or non-numpy dtype (e.g. BF16) would fail inside the decoder with a KeyError
+        if name != "__metadata__" and isinstance(entry, dict) and entry.get("dtype") not in _HEADER_DTYPES:
+            raise ExchangeError(f"tensor {str(name)[:40]!r}: dtype {str(entry.get('dtype'))[:10]!r} is not allowed")
     return meta
 
 

@@ -21,7 +21,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("hospital", "round", "run_id"):
+        for key in ("hospital", "round", "run_id", "event", "status", "reason", "method", "path", "client", "caller",
+                    "token"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info:

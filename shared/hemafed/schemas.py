@@ -54,6 +54,12 @@ class FitConfig(BaseModel):
     dp_noise_multiplier: float = Field(0.0, ge=0)
     #: delta at which a hospital reports its DP-SGD epsilon (hemafed.privacy.dpsgd_epsilon)
     dp_delta: float = Field(1e-5, gt=0, lt=1)
+    #: data over time (hemafed.data.schedule): full | weekly (Case 1) | weekly-recycle (Case 2)
+    schedule: Literal["full", "weekly", "weekly-recycle"] = "full"
+    #: how many parts ("weeks") the local data is cut into for the weekly schedules (the run's rounds)
+    schedule_parts: int = Field(1, ge=1, le=10_000)
+    #: weekly-recycle: share of the images used in a round carried into the next round
+    recycle_fraction: float = Field(0.6, ge=0, le=1)
 
     @model_validator(mode="after")
     def _dp_noise_needs_clip(self) -> FitConfig:
@@ -71,6 +77,16 @@ class FitInstructions(BaseModel):
 
 class EvaluateInstructions(BaseModel):
     task: TaskSpec
+
+
+class LocalBaselineInstructions(BaseModel):
+    """Carried in the ``extra`` of the exchange sent to ``POST /local-baseline``: train a purely
+    local model from the weights sent, ``rounds`` times ``config.local_epochs`` epochs (the
+    federation's budget), keeping the pass with the best local validation accuracy."""
+
+    task: TaskSpec
+    config: FitConfig
+    rounds: int = Field(ge=1, le=10_000)
 
 
 # --------------------------------------------------------------------------- hospital agent
@@ -212,3 +228,26 @@ class ResourceSamplePublic(ResourceSampleBase):
 
 class ResourceBatchCreate(BaseModel):
     samples: list[ResourceSampleCreate] = Field(max_length=10_000)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+class ClassProbability(BaseModel):
+    #: class name (``class`` is a Python keyword)
+    label: str
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class PredictionPublic(BaseModel):
+    """``POST /api/predict``: the top classes of one image under the best model of a finished run."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    run_id: str
+    #: the federated round whose global model answered (the run's best round)
+    round: int
+    model: str
+    image_size: int
+    #: the top classes, most probable first (at most 3)
+    predictions: list[ClassProbability]

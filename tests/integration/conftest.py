@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,6 +22,21 @@ PBC_DIR = ROOT.parent / "shared" / "data" / "pbc-128"
 PROJECT = os.environ.get("HEMAFED_TEST_PROJECT", "hemafedtest")
 METRICS_PORT = int(os.environ.get("HEMAFED_TEST_METRICS_PORT", "18090"))
 AGGREGATOR_PORT = int(os.environ.get("HEMAFED_TEST_AGGREGATOR_PORT", "18080"))
+#: the test stack's private CA and enrolment (`make certs`), one folder per project
+CERTS_DIR = Path(os.environ.get("HEMAFED_TEST_CERTS_DIR", ROOT / "build" / "test-certs" / PROJECT))
+METRICS_URL = f"https://127.0.0.1:{METRICS_PORT}"
+AGGREGATOR_URL = f"https://127.0.0.1:{AGGREGATOR_PORT}"
+
+
+from .browser import browser  # noqa: E402,F401 - the `browser` fixture (headless Chromium) for page tests
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the item (rep_call ...) so fixtures can save artifacts on failure."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
 
 
 def pytest_collection_modifyitems(items):
@@ -49,6 +66,7 @@ class Stack:
             "COMPOSE_PROJECT_NAME": PROJECT,
             "METRICS_PORT": str(METRICS_PORT),
             "AGGREGATOR_PORT": str(AGGREGATOR_PORT),
+            "CERTS_DIR": str(CERTS_DIR),
         }
 
     def up(self, name: str, *, clients: int, timeout: float = 1800, **options: str | int) -> RunInfo:
@@ -79,7 +97,24 @@ class Stack:
         return proc.stdout + proc.stderr
 
     def api(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{METRICS_PORT}{path}", timeout=30)
+        """A read from the metrics API (open to anyone who trusts the private CA)."""
+        return httpx.get(f"{METRICS_URL}{path}", verify=self.tls(), timeout=30)
+
+    def tls(self, identity: str | None = None) -> ssl.SSLContext:
+        """Trusts the stack's CA; with ``identity`` (e.g. "aggregator") also presents that service's certificate."""
+        ctx = ssl.create_default_context(cafile=str(CERTS_DIR / "ca.pem"))
+        if identity is not None:
+            ctx.load_cert_chain(str(CERTS_DIR / identity / "cert.pem"), str(CERTS_DIR / identity / "key.pem"))
+        return ctx
+
+    def token(self, caller: str, server: str) -> str:
+        """The enrolment token ``caller`` presents to ``server`` (build by `make certs`)."""
+        return json.loads((CERTS_DIR / caller / "credentials.json").read_text())[server]
+
+    def as_service(self, caller: str, server: str, **kwargs) -> httpx.Client:
+        """A client that calls ``server`` the way ``caller`` does: its certificate and its token."""
+        return httpx.Client(verify=self.tls(caller), headers={"Authorization": f"Bearer {self.token(caller, server)}"},
+                            **kwargs)
 
     def down(self) -> None:
         subprocess.run(["make", "--no-print-directory", "down"], cwd=ROOT, env=self.env, capture_output=True,
@@ -90,8 +125,12 @@ def _make_env() -> dict[str, str]:
     """Values the compose file requires (${VAR:?}) for commands outside `make up`."""
     keys = ("TF_THREADS SEED HEMAFED_TAG HEMAFED_BASE_IMAGE HOST_UID HOST_GID HOSPITALS RUN_ID ROUNDS STRATEGY "
             "STRATEGY_PARAMS MIN_CLIENTS FRACTION_FIT ROUND_TIMEOUT MODEL IMAGE_SIZE LOCAL_EPOCHS BATCH_SIZE "
-            "LEARNING_RATE OPTIMIZER AUGMENT SPLIT DATASET_LABEL DATA_MOUNTS RESULTS_DIR").split()
+            "LEARNING_RATE OPTIMIZER AUGMENT SPLIT DATASET_LABEL DATA_MOUNTS RESULTS_DIR CLASS_WEIGHTING LOCAL_NORM "
+            "MAX_STEPS_PER_EPOCH SCHEDULE RECYCLE_FRACTION PARTICIPATION DEPARTED DP_CLIP_NORM DP_NOISE_MULTIPLIER "
+            "DP_DELTA LOCAL_BASELINE EPOCHS WAIT_FOR_CLIENTS ROUND_RETRIES ATTACK ATTACKER ATTACK_SCALE "
+            "ATTACK_NOISE_STD").split()
     env = {k: "x" for k in keys}
+    env.update(CERTS_DIR=str(CERTS_DIR), HEMAFED_SCHEME="https", INSECURE="false")
     env.update(METRICS_PORT=str(METRICS_PORT), AGGREGATOR_PORT=str(AGGREGATOR_PORT), STRATEGY_PARAMS="{}",
                DATA_MOUNTS="/nonexistent", RESULTS_DIR="/nonexistent")
     return env

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import docker
-import httpx
 import pytest
 
 from tests.integration.conftest import PROJECT
@@ -99,24 +98,25 @@ def test_manifest_and_disjoint_hospital_mounts(run):
 
 def _hospital_url(stack, h: str) -> str:
     port = stack.compose("port", h, "8000").strip().splitlines()[-1].rsplit(":", 1)[1]
-    return f"http://127.0.0.1:{port}"
+    return f"https://127.0.0.1:{port}"
 
 
 def test_hospital_apis_return_no_pixels_or_file_names(stack, run):
     for h in HOSPITALS:
         base = _hospital_url(stack, h)
-        health = httpx.get(f"{base}/health", timeout=10)
+        http = stack.as_service("aggregator", h, timeout=60)  # mutual TLS + the aggregator's token for h
+        health = http.get(f"{base}/health")
         assert health.status_code == 200 and health.json()["service"] == f"hospital-{h.split('-')[1]}"
-        summary = httpx.get(f"{base}/dataset", timeout=60)
+        summary = http.get(f"{base}/dataset")
         assert summary.status_code == 200
         body = summary.json()
         assert set(body) == {"hospital_id", "classes", "num_train", "num_val", "skipped_files", "skipped_reasons"}
         assert all(isinstance(v, int) for v in body["classes"].values())
         assert not any(s in summary.text.lower() for s in IMAGE_SUFFIXES)
-        spec = httpx.get(f"{base}/openapi.json", timeout=10).json()
-        assert set(spec["paths"]) == {"/health", "/dataset", "/fit", "/evaluate"}
+        spec = http.get(f"{base}/openapi.json").json()
+        assert set(spec["paths"]) == {"/health", "/dataset", "/fit", "/evaluate", "/local-baseline"}
         # a body that is not a model exchange is refused with a clear 4xx
-        bad = httpx.post(f"{base}/fit", content=b"not safetensors", timeout=10)
+        bad = http.post(f"{base}/fit", content=b"not safetensors")
         assert bad.status_code == 400 and "safetensors" in bad.json()["detail"]
 
 

@@ -3,6 +3,8 @@ agents and the real metrics service, wired through ASGI transports (no Docker, n
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import httpx
@@ -73,7 +75,15 @@ async def test_two_rounds_of_fedavg_end_to_end(folders, tmp_path):
         assert r.global_.val_accuracy_median == pytest.approx(float(np.median(vals)))
     out = tmp_path / "results" / "inproc"
     assert {p.name for p in out.iterdir()} >= {"best.keras", "final.keras", "best.json", "final.json",
-                                               "best.safetensors", "run.json", "test_results.json"}
+                                               "best.safetensors", "run.json", "test_results.json",
+                                               "saved_model", "model_card.json", "model_card.md"}
+    card = json.loads((out / "model_card.json").read_text())  # written by _finish (hemafed_aggregator.modelcard)
+    assert card["run_id"] == "inproc" and card["classes"] == state.classes and card["image_size"] == 32
+    assert card["selection"]["best_round"] == state.best_round
+    assert card["files"]["saved_model"]["endpoint"] == "serve"
+    assert card["evaluation"]["test"]["accuracy"] == state.test_results["accuracy"]
+    assert {h: d["num_train"] for h, d in card["training"]["data"]["hospitals"].items()} == {
+        h: state.hospitals[h].num_train for h in HOSPITALS}
 
 
 async def test_a_nan_update_is_left_out_and_the_run_goes_on(folders, tmp_path):
@@ -104,3 +114,54 @@ async def test_too_few_hospitals_fails_cleanly(folders, tmp_path):
     state = await server.run()
     assert state.status == "failed"
     assert "only 1 of 3 hospitals became healthy" in state.message
+
+
+async def test_weekly_schedule_trains_each_round_on_its_part_only(folders, tmp_path):
+    server, store = _federation(folders, tmp_path, rounds=2, schedule="weekly")
+    state = await server.run()
+    assert state.status == "finished", state.message
+    rounds = store.list_rounds("inproc")
+    # 48 images a hospital, 0.2 held out for validation: ~38 train images, cut into 2 weeks
+    for h in HOSPITALS:
+        per_round = [r.hospitals[h].num_examples for r in rounds]
+        total = state.hospitals[h].num_train
+        assert sum(per_round) == total and all(abs(n - total / 2) <= 1 for n in per_round), (per_round, total)
+
+
+async def test_weekly_recycle_carries_images_into_the_next_round(folders, tmp_path):
+    server, store = _federation(folders, tmp_path, rounds=2, schedule="weekly-recycle", recycle_fraction=0.5)
+    state = await server.run()
+    assert state.status == "finished", state.message
+    rounds = store.list_rounds("inproc")
+    for h in HOSPITALS:
+        n1, n2 = (r.hospitals[h].num_examples for r in rounds)
+        assert n2 == state.hospitals[h].num_train - n1 + round(0.5 * n1)
+
+
+@pytest.mark.parametrize("departed", ["drop", "keep"])
+async def test_a_departed_hospital_is_absent_and_its_update_dropped_or_kept(folders, tmp_path, departed):
+    server, store = _federation(folders, tmp_path, rounds=3, participation="schedule:hospital-3=2-3",
+                                departed=departed)
+    seen: list[list[str]] = []
+    aggregate = server.strategy.aggregate_train
+
+    def spy(rnd, weights, results, failures):
+        seen.append(sorted(r.hospital_id for r in results))
+        return aggregate(rnd, weights, results, failures)
+
+    server.strategy.aggregate_train = spy
+    state = await server.run()
+    assert state.status == "finished", state.message
+    rounds = store.list_rounds("inproc")
+    assert rounds[0].hospitals["hospital-3"].status == "ok"
+    for r in rounds[1:]:
+        assert r.hospitals["hospital-3"].status == "absent"
+        assert r.hospitals["hospital-3"].val_accuracy is None  # not evaluated while away
+        assert r.report["participation"] == {
+            "present": ["hospital-1", "hospital-2"], "absent": ["hospital-3"],
+            "stale": ["hospital-3"] if departed == "keep" else [], "departed": departed}
+    assert "participation" not in rounds[0].report or rounds[0].report["participation"]["absent"] == []
+    if departed == "keep":  # approach 2: round 1's update of hospital-3 is used again in rounds 2 and 3
+        assert seen == [HOSPITALS, HOSPITALS, HOSPITALS]
+    else:  # approach 1: dropped
+        assert seen == [HOSPITALS, HOSPITALS[:2], HOSPITALS[:2]]

@@ -130,8 +130,10 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert resp.json() == {"status": "ok", "service": "metrics", "version": "0.1.0"}
 
 
-async def test_root_and_static_left_free(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/")).status_code == 404
+async def test_root_is_the_dashboard_and_static_serves_files_only(client: httpx.AsyncClient) -> None:
+    # the pages themselves are tested in test_metrics_pages.py
+    root = await client.get("/")
+    assert root.status_code == 200 and root.headers["content-type"].startswith("text/html")
     assert (await client.get("/static/app.js")).status_code == 404
 
 

@@ -1,4 +1,4 @@
-"""FastAPI app of the aggregator: ``uvicorn hemafed_aggregator.app:create_app --factory``.
+"""FastAPI app of the aggregator, served by ``python -m hemafed_aggregator`` (TLS: :mod:`hemafed.security`).
 
 On start-up it builds the strategy, the hospital clients and the round loop, and (with
 AUTO_START) runs the federation in the background while the API reports its progress."""
@@ -12,12 +12,15 @@ import logging
 import httpx
 from fastapi import FastAPI
 
+from hemafed import security
 from hemafed.logs import setup_logging
 from hemafed.schemas import FitConfig
 from hemafed.web import BodySizeLimitMiddleware
 from hemafed_aggregator.clients import HttpHospitalClient
+from hemafed_aggregator.deps import Authenticated
 from hemafed_aggregator.reporting import MetricsReporter
-from hemafed_aggregator.routes import health, rounds, status
+from hemafed_aggregator.inference import Predictor
+from hemafed_aggregator.routes import health, predict, rounds, status
 from hemafed_aggregator.server import FederatedServer
 from hemafed_aggregator.settings import AggregatorSettings, RunConfig
 from hemafed_aggregator.strategies import build_strategy
@@ -29,15 +32,19 @@ def fit_config_of(run: RunConfig) -> FitConfig:
     return FitConfig(local_epochs=run.local_epochs, batch_size=run.batch_size, learning_rate=run.learning_rate,
                      optimizer=run.optimizer, augment=run.augment, class_weighting=run.class_weighting,
                      dp_clip_norm=run.dp_clip_norm, dp_noise_multiplier=run.dp_noise_multiplier,
-                     dp_delta=run.dp_delta, max_steps_per_epoch=run.max_steps_per_epoch)
+                     dp_delta=run.dp_delta, max_steps_per_epoch=run.max_steps_per_epoch,
+                     schedule=run.schedule, schedule_parts=run.rounds, recycle_fraction=run.recycle_fraction)
 
 
 def build_server(settings: AggregatorSettings, run: RunConfig, http: httpx.AsyncClient) -> FederatedServer:
     if not settings.hospitals:
         raise ValueError("HOSPITALS is empty: name at least one hospital as id=url")
+    if run.departed == "keep" and run.strategy == "scaffold":
+        raise ValueError("DEPARTED=keep re-uses a departed hospital's last weights; SCAFFOLD's control-variate "
+                         "deltas cannot be re-used: choose DEPARTED=drop")
     strategy = build_strategy(run.strategy, fit_config=fit_config_of(run), fraction_fit=run.fraction_fit,
                               min_fit_clients=run.min_clients, **run.strategy_params)
-    clients = [HttpHospitalClient(hid, url, http) for hid, url in settings.hospitals.items()]
+    clients = [HttpHospitalClient(hid, url, http, run_id=run.run_id) for hid, url in settings.hospitals.items()]
     return FederatedServer(run=run, strategy=strategy, clients=clients,
                            reporter=MetricsReporter(settings.metrics_url, http),
                            output_dir=settings.output_dir, test_dir=settings.test_dir)
@@ -54,13 +61,16 @@ def create_app(settings: AggregatorSettings | None = None, run: RunConfig | None
         from hemafed.training import configure_threads
 
         configure_threads(settings.tf_threads)
-        client = http or httpx.AsyncClient()
+        # one client for every outgoing call: verifies each hospital's certificate (CA + host name), presents
+        # ours and the per-hospital credential (hemafed.security)
+        client = http or security.async_client(settings, {**settings.hospitals, "metrics": settings.metrics_url})
         app.state.server = build_server(settings, run, client)
         reporter = None
         if report_resources and settings.metrics_url:
             from hemafed.resources import ResourceReporter
 
-            reporter = ResourceReporter("aggregator", settings.metrics_url, interval=settings.sample_interval)
+            reporter = ResourceReporter("aggregator", settings.metrics_url, interval=settings.sample_interval,
+                                        client=client)
             await reporter.start()
         task = asyncio.create_task(app.state.server.run()) if settings.auto_start else None
         app.state.run_task = task
@@ -77,7 +87,12 @@ def create_app(settings: AggregatorSettings | None = None, run: RunConfig | None
                 await client.aclose()
 
     app = FastAPI(title="HemaFed aggregator", lifespan=lifespan)
+    security.install(app, settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.state.predictor = Predictor(max_bytes=settings.predict_max_bytes, max_pixels=settings.predict_max_pixels)
+    # run status and rounds stay readable on the loopback-published port (make status, follow);
+    # the model (POST /api/predict) answers only enrolled callers: the metrics service's proxy
     for r in (health, status, rounds):
         app.include_router(r.router)
+    app.include_router(predict.router, dependencies=[Authenticated])
     return app

@@ -8,7 +8,15 @@ from typing import Protocol
 import httpx
 
 from hemafed.exchange import CONTENT_TYPE, ExchangeError, ModelExchange
-from hemafed.schemas import DatasetSummaryPublic, EvaluateInstructions, EvaluatePublic, FitInstructions, TaskSpec
+from hemafed.schemas import (
+    DatasetSummaryPublic,
+    EvaluateInstructions,
+    EvaluatePublic,
+    FitConfig,
+    FitInstructions,
+    LocalBaselineInstructions,
+    TaskSpec,
+)
 
 from hemafed_aggregator.strategies.base import EvaluateRes, FitIns, FitRes, Weights
 
@@ -40,8 +48,11 @@ class HttpHospitalClient:
     """Talks to one hospital agent over HTTP(S). ``http`` is an injected ``httpx.AsyncClient``
     (its transport may be an ASGI app in tests)."""
 
-    def __init__(self, hospital_id: str, base_url: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, hospital_id: str, base_url: str, http: httpx.AsyncClient, run_id: str | None = None) -> None:
         self._id = hospital_id
+        #: named in every /fit so that the hospital can answer a repeat from memory and refuse an
+        #: older round of the same run (hemafed_hospital.replay, RELIABILITY.md)
+        self.run_id = run_id
         self.base_url = base_url.rstrip("/")
         self.http = http
 
@@ -68,7 +79,8 @@ class HttpHospitalClient:
         msg = ModelExchange(
             weights=ins.weights,
             round=rnd,
-            extra={"instructions": FitInstructions(task=task, config=ins.config).model_dump(mode="json")},
+            extra={"instructions": FitInstructions(task=task, config=ins.config).model_dump(mode="json"),
+                   **({"run_id": self.run_id} if self.run_id else {})},
             aux=ins.aux,
         )
         r = await self.http.post(
@@ -100,6 +112,24 @@ class HttpHospitalClient:
         ev = EvaluatePublic.model_validate(r.json())
         return EvaluateRes(hospital_id=self._id, loss=ev.loss, accuracy=ev.accuracy, num_examples=ev.num_examples)
 
+
+    async def local_baseline(self, rnd: int, weights: Weights, task: TaskSpec, config: FitConfig,
+                             rounds: int, timeout: float | None = None) -> FitRes:
+        """Ask the hospital for a purely local model trained from ``weights`` (``POST /local-baseline``)."""
+        msg = ModelExchange(
+            weights=weights, round=rnd,
+            extra={"instructions": LocalBaselineInstructions(task=task, config=config, rounds=rounds)
+                   .model_dump(mode="json")},
+        )
+        r = await self.http.post(f"{self.base_url}/local-baseline", content=msg.to_bytes(),
+                                 headers={"content-type": CONTENT_TYPE}, timeout=timeout)
+        _raise_for(r)
+        try:
+            reply = ModelExchange.from_bytes(r.content)
+        except ExchangeError as exc:
+            raise HospitalError("rejected", f"unusable local model: {exc}") from exc
+        return FitRes(hospital_id=self._id, weights=reply.weights, num_examples=reply.num_examples,
+                      metrics=reply.metrics)
 
 def _raise_for(r: httpx.Response) -> None:
     if r.status_code >= 400:

@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from hemafed.report import classification_metrics, classification_report, write_report_files
 from hemafed.schemas import TaskSpec
+
+__all__ = ["classification_report", "evaluate_on_test", "export_saved_model", "initial_weights", "load_test_set", "predict", "save_keras"]
 
 
 def _build(task: TaskSpec):
@@ -37,47 +40,54 @@ def save_keras(task: TaskSpec, weights: list[np.ndarray], path: Path, metadata: 
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
 
 
-def evaluate_on_test(task: TaskSpec, weights: list[np.ndarray], test_dir: Path) -> dict[str, Any]:
-    """Accuracy, macro precision/recall/F1, per-class table and confusion matrix on the test set."""
-    from hemafed.data.loader import load_image_folder, remap_labels
-    from hemafed.models import set_exchanged
-    from hemafed.training import LocalTrainer, evaluate
+def load_test_set(task: TaskSpec, test_dir: Path):
+    """The held-out test set at the task's image size, labelled in the task's class order, with
+    its file names (for the per-image report)."""
+    from hemafed.data.testset import load_test_set as load
 
-    data = load_image_folder(test_dir, task.image_size)
-    y, keep = remap_labels(data.labels, data.classes, task.classes)
-    x = data.images[keep]
+    return load(test_dir, task.image_size, task.classes)
+
+
+def predict(task: TaskSpec, weights: list[np.ndarray], images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N x K) of the model ``task`` describes with ``weights``."""
+    from hemafed.models import set_exchanged
+    from hemafed.training import LocalTrainer
+
     model = _build(task)
     set_exchanged(model, weights, local_norm=task.local_norm)
-    res = evaluate(LocalTrainer(model), x, y, len(task.classes))
-    return {"num_examples": res.num_examples, "loss": res.loss, "skipped_files": int(data.skipped),
-            **classification_report(res.confusion_matrix, task.classes)}
+    return LocalTrainer(model).predict(images)
 
 
-def classification_report(cm: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy and macro/per-class precision, recall, F1, specificity from a confusion matrix
-    (rows = true class, columns = predicted)."""
-    cm = np.asarray(cm, dtype=np.float64)
-    total = cm.sum()
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-        tn = total - support - predicted + tp
-        specificity = np.where(total - support > 0, tn / (total - support), 0.0)
-    present = support > 0
-    return {
-        "accuracy": float(tp.sum() / total) if total else 0.0,
-        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
-        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "per_class": {
-            c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                "specificity": float(specificity[i]), "support": int(support[i])}
-            for i, c in enumerate(classes)
-        },
-        "classes": list(classes),
-        "confusion_matrix": cm.astype(int).tolist(),
-    }
+def export_saved_model(keras_path: Path, out_dir: Path) -> dict[str, Any]:
+    """Export a saved ``.keras`` model as a TensorFlow SavedModel (Keras 3 ``model.export``) for
+    TF Serving, TFLite converters or plain ``tf.saved_model.load``; replaces ``out_dir``.
+    Returns the serving signature (endpoint ``serve``, also ``serving_default``)."""
+    import shutil
+
+    from hemafed.models import load_model
+
+    if not keras_path.is_file():
+        raise FileNotFoundError(f"{keras_path.name} not found in {keras_path.parent}")
+    model = load_model(keras_path)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    model.export(str(out_dir), format="tf_saved_model", verbose=False)
+    _, size, _, channels = model.input_shape
+    return {"path": out_dir.name, "endpoint": "serve", "signature": "serving_default",
+            "input": {"shape": [None, size, size, channels], "dtype": "float32", "range": [0, 255]},
+            "output": {"shape": [None, int(model.output_shape[-1])], "dtype": "float32", "kind": "softmax"}}
+
+
+def evaluate_on_test(task: TaskSpec, weights: list[np.ndarray], test_dir: Path, out_dir: Path | None = None,
+                     *, test_set=None, title: str = "") -> dict[str, Any]:
+    """Every figure of :func:`hemafed.report.classification_metrics` on the test set (loss,
+    accuracy, macro precision/recall/F1/specificity/AUC, per-class table, confusion matrix) plus
+    ``skipped_files``; with ``out_dir``, also its CSV/PNG files (:data:`hemafed.report.REPORT_FILES`).
+    ``test_set``: an already loaded :func:`load_test_set` (several models, one read)."""
+    ts = test_set if test_set is not None else load_test_set(task, test_dir)
+    probs = predict(task, weights, ts.images)
+    rep = classification_metrics(probs, ts.labels, task.classes)
+    rep["skipped_files"] = int(ts.skipped)
+    if out_dir is not None:
+        rep["files"] = write_report_files(out_dir, rep, probs, ts.labels, ts.files, title=title)
+    return rep

@@ -25,8 +25,10 @@ from hemafed.schemas import (
     TaskSpec,
 )
 
-from hemafed_aggregator import modelops
+from hemafed_aggregator import checkpoint, modelcard, modelops, runreport
 from hemafed_aggregator.clients import HospitalClient, HospitalError
+from hemafed_aggregator.outliers import outlier_report
+from hemafed_aggregator.participation import Participation
 from hemafed_aggregator.reporting import MetricsReporter
 from hemafed_aggregator.settings import RunConfig
 from hemafed_aggregator.strategies.base import EvaluateRes, Failure, FitIns, FitRes, Strategy, Weights
@@ -36,6 +38,15 @@ log = logging.getLogger("hemafed.aggregator")
 
 class RunFailed(Exception):
     pass
+
+
+class TooFewAnswers(RunFailed):
+    """A round got fewer than MIN_CLIENTS usable answers (the round may be tried again)."""
+
+    def __init__(self, message: str, hospitals: dict[str, dict[str, str]]) -> None:
+        super().__init__(message)
+        #: each hospital's status in that attempt
+        self.hospitals = hospitals
 
 
 @dataclass
@@ -61,6 +72,8 @@ class RunState:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     test_results: dict[str, Any] | None = None
     classes: list[str] = field(default_factory=list)
+    #: rounds after which this run was resumed from its checkpoint (an aggregator restart each)
+    resumed_from: list[int] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,6 +107,11 @@ class FederatedServer:
         self.task: TaskSpec | None = None
         self.weights: Weights = []
         self.best_weights: Weights | None = None
+        self.participation = Participation.parse(run.participation)
+        #: each hospital's last accepted update (re-used for departed hospitals under DEPARTED=keep)
+        self.last_updates: dict[str, FitRes] = {}
+        #: this round's earlier attempts that got fewer than MIN_CLIENTS answers (reported with the round)
+        self.failed_attempts: list[dict[str, Any]] = []
         #: each hospital's dataset summary (counts only), recorded with the run
         self.hospital_data: dict[str, dict[str, Any]] = {}
 
@@ -123,17 +141,20 @@ class FederatedServer:
         self.weights, params = await asyncio.to_thread(modelops.initial_weights, self.task)
         spec = spec_of(self.weights)
         self.weights = self.strategy.initialize(self.weights)
+        start = self._resume(spec)
         await self.reporter.create_run(RunCreate(
             id=cfg.run_id, rounds_total=cfg.rounds, clients=len(self.clients), split=cfg.split,
             model=cfg.model, dataset=cfg.dataset, strategy=self.strategy.name,
             config={**cfg.model_dump(mode="json"), "strategy": self.strategy.describe(), "params": params,
                     "classes": self.task.classes, "hospital_data": self.hospital_data},
         ))
+        await self._report_resume()
         self.state.status = "running"
-        for rnd in range(1, cfg.rounds + 1):
+        for rnd in range(start, cfg.rounds + 1):
             self.state.round = rnd
-            await self._round(rnd, spec)
+            await self._round_with_quorum(rnd, spec)
             self._write_state()
+            await self._save_checkpoint(rnd)
         await self._finish()
 
     async def _wait_for_clients(self) -> list[HospitalClient]:
@@ -146,7 +167,7 @@ class FederatedServer:
             ok = await asyncio.gather(*(c.health() for c in self.clients))
             for c, good in zip(self.clients, ok):
                 self.state.hospitals[c.id].status = "healthy" if good else "unreachable"
-            self.state.message = f"{sum(ok)}/{len(self.clients)} hospitals healthy"
+            self.state.message = f"{sum(ok)}/{len(self.clients)} healthy, need {cfg.min_clients} (MIN_CLIENTS)"
             return [c for c, good in zip(self.clients, ok) if good]
 
         retrying = AsyncRetrying(
@@ -188,22 +209,37 @@ class FederatedServer:
     async def _round(self, rnd: int, spec) -> None:
         t0 = time.perf_counter()
         assert self.task is not None
-        pairs = self.strategy.configure_train(rnd, self.weights, self.clients, self.rng)
+        present, absent = self._participants(rnd)
+        pairs = self.strategy.configure_train(rnd, self.weights, present, self.rng)
         hospital_metrics: dict[str, HospitalRoundMetrics] = {
             c.id: HospitalRoundMetrics(status="not_selected") for c in self.clients
         }
+        for c in absent:
+            hospital_metrics[c.id] = HospitalRoundMetrics(status="absent", message="departed this round")
+            self.state.hospitals[c.id].status = "absent"
         results, failures = await self._fit_all(rnd, pairs, spec, hospital_metrics)
         if len(results) < self.run_cfg.min_clients:
             for f in failures:
                 log.warning("round %d: %s %s: %s", rnd, f.hospital_id, f.status, f.message)
-            raise RunFailed(
-                f"round {rnd}: only {len(results)} hospital(s) answered; MIN_CLIENTS is {self.run_cfg.min_clients}"
+            raise TooFewAnswers(
+                f"round {rnd}: only {len(results)} hospital(s) answered; MIN_CLIENTS is {self.run_cfg.min_clients}",
+                {h: {"status": m.status, "message": m.message} for h, m in hospital_metrics.items()},
             )
-        self.weights = self.strategy.aggregate_train(rnd, self.weights, results, failures)
-        eval_clients = self.strategy.configure_evaluate(rnd, self.weights, self.clients, self.rng)
+        stale = self._stale_updates(results, absent)
+        outliers = outlier_report(self.weights, results, norm_factor=self.run_cfg.outlier_norm_factor,
+                                  min_cosine=self.run_cfg.outlier_min_cosine)
+        self.weights = self.strategy.aggregate_train(rnd, self.weights, results + stale, failures)
+        eval_clients = self.strategy.configure_evaluate(rnd, self.weights, present, self.rng)
         evals = await self._evaluate_all(rnd, eval_clients, hospital_metrics)
         glob = self.strategy.aggregate_evaluate(rnd, evals)
-        report = getattr(self.strategy, "round_report", lambda r: {})(rnd)
+        report = dict(self.strategy.round_report(rnd))
+        if outliers:
+            report["outliers"] = outliers
+        if self.failed_attempts:  # earlier attempts of this round, below MIN_CLIENTS (RELIABILITY.md)
+            report["failed_attempts"] = list(self.failed_attempts)
+        if self.participation.mode != "all":
+            report["participation"] = {"present": [c.id for c in present], "absent": [c.id for c in absent],
+                                       "stale": [r.hospital_id for r in stale], "departed": self.run_cfg.departed}
         duration = time.perf_counter() - t0
         median = glob.get("val_accuracy_median")
         if median is not None and (self.state.best_val_accuracy is None or median >= self.state.best_val_accuracy):
@@ -227,6 +263,29 @@ class FederatedServer:
             len(results), len(pairs), _fmt(median), _fmt(glob.get("val_accuracy_mean")), duration,
             extra={"round": rnd},
         )
+
+    def _participants(self, rnd: int) -> tuple[list[HospitalClient], list[HospitalClient]]:
+        """Hospitals present / departed in round ``rnd`` (PARTICIPATION; all present by default)."""
+        ids = self.participation.present([c.id for c in self.clients], rnd, seed=self.run_cfg.seed,
+                                         min_present=self.run_cfg.min_clients)
+        here = set(ids)
+        present = [c for c in self.clients if c.id in here]
+        absent = [c for c in self.clients if c.id not in here]
+        if absent:
+            log.info("round %d: %d hospital(s) departed: %s", rnd, len(absent), ", ".join(c.id for c in absent),
+                     extra={"round": rnd})
+        return present, absent
+
+    def _stale_updates(self, results: list[FitRes], absent: list[HospitalClient]) -> list[FitRes]:
+        """Remember each hospital's last update; under DEPARTED=keep (approach 2) return the departed
+        hospitals' last updates for re-use (weights and example counts only)."""
+        if self.run_cfg.departed != "keep":
+            return []
+        for r in results:
+            self.last_updates[r.hospital_id] = r
+        return [FitRes(hospital_id=u.hospital_id, weights=u.weights, num_examples=u.num_examples,
+                       metrics={"stale": 1.0})
+                for c in absent if (u := self.last_updates.get(c.id)) is not None]
 
     async def _fit_all(self, rnd, pairs, spec, metrics) -> tuple[list[FitRes], list[Failure]]:
         assert self.task is not None
@@ -254,7 +313,7 @@ class FederatedServer:
             else:
                 res, nbytes, seconds = t.result()
                 try:
-                    check_weights(res.weights, spec)
+                    check_weights(res.weights, spec, max_norm=self.run_cfg.max_update_norm)
                 except ExchangeError as exc:
                     failures.append(Failure(client.id, "rejected", f"update rejected: {exc}"))
                 else:
@@ -306,14 +365,11 @@ class FederatedServer:
                                 {**meta, "kind": "best"})
         await asyncio.to_thread(modelops.save_keras, self.task, self.weights, self.run_dir / "final.keras",
                                 {**meta, "kind": "final", "round": self.run_cfg.rounds})
-        if self.test_dir is not None and self.test_dir.is_dir():
-            self.state.test_results = await asyncio.to_thread(modelops.evaluate_on_test, self.task, best,
-                                                              self.test_dir)
-            (self.run_dir / "test_results.json").write_text(json.dumps(self.state.test_results, indent=2))
-            log.info("test accuracy of the best model (round %s): %.4f", self.state.best_round,
-                     self.state.test_results["accuracy"])
-        else:
-            log.warning("no test set at %s: final test evaluation skipped", self.test_dir)
+        # test figures, report files, timing/communication, local baselines (hemafed_aggregator.runreport)
+        self.state.test_results = await runreport.final_report(self, best)
+        await asyncio.to_thread(modelcard.export_run, self.run_dir, run=self.run_cfg, task=self.task,
+                                state=self.state, hospital_data=self.hospital_data,
+                                strategy=self.strategy.describe())
         self.state.status = "finished"
         self.state.finished_at = time.time()
         self._write_state()
@@ -323,9 +379,120 @@ class FederatedServer:
             test_results=self.state.test_results,
         ))
 
+    # ------------------------------------------------------------------ reliability (RELIABILITY.md)
+
+    def _resume(self, spec) -> int:
+        """Continue from ``<run dir>/checkpoint`` when this RUN_ID has one: global and best weights,
+        strategy state, server RNG, completed rounds, best round, hospital states. Returns the first
+        round to run (1 without a checkpoint). A checkpoint of another configuration fails the run."""
+        assert self.task is not None
+        try:
+            ck = checkpoint.load(self.run_dir)
+        except checkpoint.CheckpointError as exc:
+            raise RunFailed(f"cannot resume run {self.run_cfg.run_id}: {exc}") from exc
+        if ck is None:
+            return 1
+        task = self.task.model_dump(mode="json")
+        if ck.strategy_name != self.strategy.name or ck.task != task or ck.spec != _json_spec(spec):
+            raise RunFailed(
+                f"{checkpoint.directory(self.run_dir)} was written by another configuration (strategy "
+                f"{ck.strategy_name!r}, task {ck.task}); use a new RUN_ID or remove the checkpoint"
+            )
+        self.weights = ck.weights
+        self.best_weights = ck.best_weights
+        self.strategy.load_state_dict(ck.strategy_state)
+        self.rng = checkpoint.restore_rng(ck.rng_state)
+        self.state.best_round, self.state.best_val_accuracy = ck.best_round, ck.best_val_accuracy
+        self.state.rounds = list(ck.rounds)
+        self.state.started_at = ck.started_at or self.state.started_at
+        self.state.resumed_from = [*ck.resumed_from, ck.round]
+        for hid, saved in ck.hospitals.items():
+            if hid in self.state.hospitals:  # the live status comes from the health probe
+                self.state.hospitals[hid].last_round = int(saved.get("last_round", 0))
+        if hasattr(self, "last_updates"):
+            self.last_updates = {h: FitRes(hospital_id=h, weights=w, num_examples=n)
+                                 for h, (n, w) in ck.last_updates.items()}
+        log.warning("run %s: resuming from its checkpoint after round %d of %d (resume #%d)",
+                    self.run_cfg.run_id, ck.round, self.run_cfg.rounds, len(self.state.resumed_from))
+        return ck.round + 1
+
+    async def _report_resume(self) -> None:
+        """After a resume: mark the run running again and re-send the completed rounds (the metrics
+        store upserts by (run, round): a round it has is replaced by the same, one it missed is added)."""
+        if not self.state.resumed_from:
+            return
+        k = self.state.resumed_from[-1]
+        await self.reporter.update_run(self.run_cfg.run_id, RunUpdate(
+            status=RunStatus.running, message=f"resumed from the checkpoint of round {k}"))
+        for entry in self.state.rounds:
+            await self.reporter.report_round(self.run_cfg.run_id, RoundCreate.model_validate(entry))
+
+    async def _save_checkpoint(self, rnd: int) -> None:
+        assert self.task is not None
+        ck = checkpoint.Checkpoint(
+            round=rnd, weights=list(self.weights), best_weights=self.best_weights,
+            strategy_name=self.strategy.name, strategy_state=self.strategy.state_dict(),
+            rng_state=checkpoint.rng_state(self.rng), best_round=self.state.best_round,
+            best_val_accuracy=self.state.best_val_accuracy, rounds=list(self.state.rounds),
+            hospitals={h: asdict(hs) for h, hs in self.state.hospitals.items()},
+            task=self.task.model_dump(mode="json"), spec=_json_spec(spec_of(self.weights)),
+            started_at=self.state.started_at, resumed_from=list(self.state.resumed_from),
+            last_updates={h: (u.num_examples, u.weights) for h, u in getattr(self, "last_updates", {}).items()},
+        )
+        await asyncio.to_thread(checkpoint.save, self.run_dir, ck)
+
+    async def _round_with_quorum(self, rnd: int, spec) -> None:
+        """Run round ``rnd``; when fewer than MIN_CLIENTS answer, wait (WAIT_FOR_CLIENTS) until MIN_CLIENTS
+        hospitals are healthy and run the same round again, at most ROUND_RETRIES times, then fail."""
+        retries = self.run_cfg.round_retries
+        self.state.message = ""  # the start-up wait's message is over
+        self.failed_attempts = []
+        for attempt in range(retries + 1):
+            try:
+                await self._round(rnd, spec)
+                return
+            except TooFewAnswers as exc:
+                self.failed_attempts.append({"message": str(exc), "hospitals": exc.hospitals})
+                if attempt == retries:
+                    raise RunFailed(f"{exc}; gave up after {retries} retries (ROUND_RETRIES)") from None
+                log.warning("%s: waiting for MIN_CLIENTS healthy hospitals, then round %d again (retry %d/%d)",
+                            exc, rnd, attempt + 1, retries, extra={"round": rnd})
+                await self._wait_for_quorum(str(exc))
+                self.state.status = "running"
+
+    async def _wait_for_quorum(self, reason: str) -> None:
+        """Poll the hospitals' health (bounded retries, WAIT_FOR_CLIENTS in all) until MIN_CLIENTS are
+        healthy; the status says so meanwhile. Raises RunFailed when the wait is over."""
+        cfg = self.run_cfg
+        self.state.status = "waiting_for_clients"
+
+        async def probe() -> int:
+            ok = await asyncio.gather(*(c.health() for c in self.clients))
+            for c, good in zip(self.clients, ok):
+                if not good:
+                    self.state.hospitals[c.id].status = "unreachable"
+            self.state.message = f"{reason}; {sum(ok)}/{len(self.clients)} healthy, need {cfg.min_clients}"
+            return sum(ok)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(cfg.wait_for_clients),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            retry=retry_if_result(lambda n: n < cfg.min_clients),
+            retry_error_callback=lambda rs: rs.outcome.result(),
+        )
+        healthy = await retrying(probe)
+        if healthy < cfg.min_clients:
+            raise RunFailed(f"{reason}; only {healthy} of {len(self.clients)} hospitals healthy after waiting "
+                            f"{cfg.wait_for_clients:.0f}s (WAIT_FOR_CLIENTS); MIN_CLIENTS is {cfg.min_clients}")
+
     def _write_state(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "run.json").write_text(json.dumps(self.state.public(), indent=2, default=str))
+
+
+def _json_spec(spec) -> list:
+    """A weight spec as it reads back from JSON (lists, not tuples)."""
+    return [[list(shape), dtype] for shape, dtype in spec]
 
 
 def _fmt(v: float | None) -> str:

@@ -5,28 +5,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from hemafed.security import NAME_PATTERN, ConfigPath, ServiceSettings, check_name
+from hemafed_aggregator.participation import Participation
 
-class AggregatorSettings(BaseSettings):
-    """Where the hospitals, the metrics service and the volumes are."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+class AggregatorSettings(ServiceSettings):
+    """Where the hospitals, the metrics service and the volumes are; ``SECRETS_DIR`` / ``INSECURE``
+    (TLS and credentials, :mod:`hemafed.security`)."""
 
     #: comma-separated ``id=url`` pairs, e.g. ``hospital-1=http://hospital-1:8000,...``
     hospitals: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     metrics_url: str | None = None
-    output_dir: Path = Path("/results")
+    output_dir: ConfigPath = Path("/results")
     #: held-out global test set; read once, after training, for the final report
-    test_dir: Path | None = None
+    test_dir: ConfigPath | None = None
     auto_start: bool = True
     tf_threads: int = Field(1, ge=1)
     sample_interval: float = Field(2.0, gt=0)
     max_body_bytes: int = 4 * 1024 * 1024
+    #: POST /api/predict: largest uploaded file (bytes) and image (pixels) accepted, else 413
+    predict_max_bytes: int = Field(2 * 1024 * 1024, gt=0)
+    predict_max_pixels: int = Field(25_000_000, gt=0)
 
     @field_validator("hospitals", mode="before")
     @classmethod
@@ -37,7 +42,7 @@ class AggregatorSettings(BaseSettings):
                 hid, sep, url = item.partition("=")
                 if not sep or not hid or not url:
                     raise ValueError(f"HOSPITALS entry {item!r} must be id=url")
-                out[hid.strip()] = url.strip().rstrip("/")
+                out[check_name(hid.strip())] = url.strip().rstrip("/")
             return out
         return v
 
@@ -47,7 +52,7 @@ class RunConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", protected_namespaces=())
 
-    run_id: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    run_id: str = Field("run", pattern=NAME_PATTERN)  # a folder name under OUTPUT_DIR: never "." / ".."
     rounds: int = Field(5, ge=1, le=10_000)
     strategy: str = "fedavg"
     #: JSON object of strategy parameters, e.g. ``{"server_lr": 1.0}``
@@ -55,8 +60,15 @@ class RunConfig(BaseSettings):
     min_clients: int = Field(2, ge=1)
     fraction_fit: float = Field(1.0, gt=0, le=1)
     round_timeout: float = Field(600.0, gt=0)
-    #: how long to wait for MIN_CLIENTS healthy hospitals before failing the run
+    #: how long to wait for MIN_CLIENTS healthy hospitals before failing the run (at the start, and
+    #: again whenever a round got fewer than MIN_CLIENTS answers)
     wait_for_clients: float = Field(300.0, gt=0)
+    #: how often a round with fewer than MIN_CLIENTS answers is run again (after that wait) before failing
+    round_retries: int = Field(2, ge=0, le=100)
+    #: outlier flags in each round's report: an update whose norm exceeds this factor times the median
+    #: norm, or whose cosine to the consensus (coordinate-wise median update) is below the minimum
+    outlier_norm_factor: float = Field(3.0, gt=1)
+    outlier_min_cosine: float = Field(0.0, ge=-1, le=1)
     model: str = "cnn"
     image_size: int = Field(32, ge=16, le=512)
     #: optional fixed class list (comma-separated); default: union of the hospitals' classes
@@ -75,6 +87,22 @@ class RunConfig(BaseSettings):
     dp_noise_multiplier: float = Field(0.0, ge=0)
     dp_delta: float = Field(1e-5, gt=0, lt=1)
     max_steps_per_epoch: int = Field(0, ge=0)
+    #: an update whose L2 norm (all exchanged tensors) exceeds this is refused like a malformed one
+    max_update_norm: float = Field(1e6, gt=0)
+    #: data over time at the hospitals: full | weekly (Case 1) | weekly-recycle (Case 2); the data
+    #: is cut into ROUNDS parts (hemafed.data.schedule)
+    schedule: Literal["full", "weekly", "weekly-recycle"] = "full"
+    recycle_fraction: float = Field(0.6, ge=0, le=1)
+    #: intermittent hospitals (hemafed_aggregator.participation): '' | random:<p> | schedule:<h>=<rounds>;...
+    participation: str = ""
+    #: a departed hospital's last update: drop (approach 1) or keep using it (approach 2)
+    departed: Literal["drop", "keep"] = "drop"
+    #: after the run, each hospital also trains a purely local model (same initial weights, rounds x
+    #: local_epochs epochs) for the local-vs-federated table (hemafed_aggregator.runreport)
+    local_baseline: bool = False
+    #: run id of a centralized baseline (``make central``) on the same data, in OUTPUT_DIR: the
+    #: report adds the wall-time reduction against it ('' = none)
+    baseline_run: str = Field("", pattern=r"^[A-Za-z0-9_.\-]{0,64}$")
     split: str = ""
     dataset: str = ""
 
@@ -85,6 +113,12 @@ class RunConfig(BaseSettings):
             v = json.loads(v) if v.strip() else {}
             if not isinstance(v, dict):
                 raise ValueError("STRATEGY_PARAMS must be a JSON object")
+        return v
+
+    @field_validator("participation")
+    @classmethod
+    def _check_participation(cls, v: str) -> str:
+        Participation.parse(v)  # a clear error at start-up, not in round 3
         return v
 
     @field_validator("classes", mode="before")

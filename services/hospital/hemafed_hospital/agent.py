@@ -13,6 +13,9 @@ Client side of the strategies that need one (the aggregator's strategies set the
   comes in ``aux["c"]``; the hospital keeps ``c_i`` (initially 0), trains with corrections
   ``c - c_i``, then ``c_i+ = c_i - c + (x - y) / (K lr)`` over its K local steps, and replies with
   ``aux["delta_c"] = c_i+ - c_i`` (zeros for exchanged variables that are not trainable).
+* Data schedules (``schedule``): under ``weekly`` / ``weekly-recycle`` a round trains (and
+  validates its update locally) on its part of the data only (:mod:`hemafed.data.schedule`);
+  global validation (``evaluate``) always uses the whole local validation split.
 * DP-SGD (``dp_clip_norm`` / ``dp_noise_multiplier``, Abadi et al. 2016): the trainer's DP step;
   the reply's metrics carry ``dp_epsilon`` (this hospital's total over the run so far, RDP
   accounted by :func:`hemafed.privacy.dpsgd_epsilon` with q = batch / examples, i.e. shuffled
@@ -37,6 +40,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
+from hemafed.data.schedule import round_indices
 from hemafed.exchange import ExchangeError, ModelExchange, check_weights, spec_of
 from hemafed.schemas import (
     DatasetSummaryPublic,
@@ -44,9 +48,12 @@ from hemafed.schemas import (
     EvaluatePublic,
     FitConfig,
     FitInstructions,
+    LocalBaselineInstructions,
     TaskSpec,
 )
 
+from hemafed_hospital.attacks import Attack
+from hemafed_hospital.replay import FitReplay, StaleRound
 from hemafed_hospital.settings import HospitalSettings
 
 log = logging.getLogger("hemafed.hospital")
@@ -103,6 +110,12 @@ class HospitalAgent:
         self._busy = threading.Lock()
         self._data_lock = threading.Lock()
         self.last_round = 0
+        #: repeated / out-of-date /fit requests (replay.py)
+        self.replay = FitReplay()
+        #: TEST-ONLY fault injection (attacks.py); none unless ATTACKER names this hospital
+        self.attack = Attack.for_hospital(settings.hospital_id, settings.attack, settings.attacker,
+                                          scale=settings.attack_scale, noise_std=settings.attack_noise_std,
+                                          seed=settings.split_seed)
 
     # ------------------------------------------------------------------ data
 
@@ -207,6 +220,14 @@ class HospitalAgent:
             self._states.popitem(last=False)
             log.warning("dropping the algorithm state of an old task (%d kept at most)", MAX_TASK_STATES)
 
+    def _scheduled(self, x: np.ndarray, y: np.ndarray, rnd: int, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+        """The images round ``rnd`` sees under the data schedule (hemafed.data.schedule)."""
+        if config.schedule == "full":
+            return x, y
+        idx = round_indices(len(y), rnd, schedule=config.schedule, parts=config.schedule_parts,
+                            recycle_fraction=config.recycle_fraction, seed=self.settings.split_seed)
+        return x[idx], y[idx]
+
     @staticmethod
     def _check_algorithms(config: FitConfig) -> None:
         if config.scaffold and config.feddyn_alpha > 0:
@@ -231,10 +252,18 @@ class HospitalAgent:
 
     def fit(self, body: bytes) -> bytes:
         msg, instructions = self._decode(body, FitInstructions)
+        run_id = msg.extra.get("run_id")
+        try:
+            return self.replay.run(instructions.task.model_dump_json(), run_id if isinstance(run_id, str) else None,
+                                   msg.round, body, lambda: self._fit_once(msg, instructions))
+        except StaleRound as exc:
+            raise AgentError(409, str(exc)) from exc
+
+    def _fit_once(self, msg: ModelExchange, instructions: FitInstructions) -> bytes:
         if not self._busy.acquire(blocking=False):
             raise AgentError(409, "a training round is already running on this hospital")
         try:
-            return self._fit(msg, instructions).to_bytes()
+            return self.attack.poison(msg.weights, self._fit(msg, instructions)).to_bytes()
         finally:
             self._busy.release()
 
@@ -249,6 +278,11 @@ class HospitalAgent:
         x, y = self._task_labels(d, task, "train")
         if len(y) == 0:
             raise AgentError(409, "none of this hospital's classes are in the federation's class list")
+        x, y = self._scheduled(x, y, msg.round, config)
+        y = self.attack.labels(y, len(task.classes))  # ATTACK=label_flip only (test-only fault injection)
+        if len(y) == 0:
+            raise AgentError(409, f"round {msg.round}: this hospital's part of the {config.schedule} schedule is "
+                                  f"empty ({config.schedule_parts} parts)")
         trainer = self._trainer(task)
         self._load_global(trainer, task, msg.weights)
         c_server = self._scaffold_c(msg, trainer, task) if config.scaffold else None
@@ -328,7 +362,8 @@ class HospitalAgent:
             log.warning("round %d: per-example clipping without noise (dp_noise_multiplier = 0): "
                         "no privacy guarantee", msg.round)
 
-        xv, yv = self._task_labels(d, task, "val")
+        # local validation: this hospital's update on its round's validation part (all of it under "full")
+        xv, yv = self._scheduled(*self._task_labels(d, task, "val"), msg.round, config)
         local_val = evaluate(trainer, xv, yv, len(task.classes))
         if config.feddyn_alpha > 0 or c_server is not None or config.dp_clip_norm > 0:
             self._commit_state(task, msg.round, before, after)
@@ -371,6 +406,67 @@ class HospitalAgent:
             num_examples=res.num_examples,
             classes=list(task.classes),
             confusion_matrix=res.confusion_matrix.tolist(),
+        )
+
+    def local_baseline(self, body: bytes) -> bytes:
+        """``POST /local-baseline``: a purely local model for the local-vs-federated table."""
+        msg, ins = self._decode(body, LocalBaselineInstructions)
+        if not self._busy.acquire(blocking=False):
+            raise AgentError(409, "a training round is already running on this hospital")
+        try:
+            return self._local_baseline(msg, ins).to_bytes()
+        finally:
+            self._busy.release()
+
+    def _local_baseline(self, msg: ModelExchange, ins: LocalBaselineInstructions) -> ModelExchange:
+        """Train from the weights sent (the federation's initial model) on the local training split
+        only: ``ins.rounds`` passes of ``config.local_epochs`` epochs, each with the seed and the fresh
+        client optimizer of the matching federated round, and keep the pass with the best local
+        validation accuracy (the federation keeps its best round by validation too). The
+        algorithm terms that need a global model (FedProx, FedDyn, SCAFFOLD) are off; the data
+        schedule is not applied (all local training images every pass)."""
+        from hemafed.models import get_exchanged
+        from hemafed.training import UnsupportedConfig, evaluate
+
+        task = ins.task
+        config = ins.config.model_copy(update={"proximal_mu": 0.0, "feddyn_alpha": 0.0, "scaffold": False})
+        d = self.data(task.image_size)
+        x, y = self._task_labels(d, task, "train")
+        if len(y) == 0:
+            raise AgentError(409, "none of this hospital's classes are in the federation's class list")
+        xv, yv = self._task_labels(d, task, "val")
+        trainer = self._trainer(task)
+        self._load_global(trainer, task, msg.weights)
+        best: tuple[float, int, list[np.ndarray], object, object] | None = None
+        seconds = 0.0
+        for rnd in range(1, ins.rounds + 1):
+            seed = task.seed * 100_003 + rnd * 101 + _stable_hash(self.settings.hospital_id)
+            try:
+                result = trainer.fit(x, y, config, seed=seed, num_classes=len(task.classes))
+            except UnsupportedConfig as exc:
+                raise AgentError(422, str(exc)) from exc
+            seconds += result.seconds
+            val = evaluate(trainer, xv, yv, len(task.classes))
+            if best is None or val.accuracy >= best[0]:
+                best = (val.accuracy, rnd, get_exchanged(trainer.model, local_norm=task.local_norm), result, val)
+        assert best is not None
+        _, best_round, weights, result, val = best
+        log.info("local baseline: %d passes of %d epochs on %d images in %.1fs; best pass %d, local val "
+                 "accuracy %.4f", ins.rounds, config.local_epochs, len(y), seconds, best_round, val.accuracy)
+        return ModelExchange(
+            weights=weights,
+            round=msg.round,
+            num_examples=int(len(y)),
+            metrics={
+                "train_loss": result.train_loss,
+                "train_accuracy": result.train_accuracy,
+                "fit_seconds": seconds,
+                "best_round": float(best_round),
+                "local_val_accuracy": val.accuracy,
+                "local_val_loss": val.loss,
+                "num_val": float(val.num_examples),
+            },
+            extra={"hospital_id": self.settings.hospital_id},
         )
 
     @staticmethod

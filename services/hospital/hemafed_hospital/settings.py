@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hemafed.security import ConfigPath, SafeName, ServiceSettings
 
 
-class HospitalSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+class HospitalSettings(ServiceSettings):
+    """Environment (compose): ``HOSPITAL_ID``, ``DATA_DIR``, ``METRICS_URL``, ``SECRETS_DIR`` (TLS and
+    credentials, :mod:`hemafed.security`), ``INSECURE``, ..."""
 
-    hospital_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-    data_dir: Path = Path("/data")
+    hospital_id: SafeName
+    data_dir: ConfigPath = Path("/data")
     #: fraction of the local images held out for local validation (stratified, seeded)
     val_fraction: float = Field(0.15, gt=0.0, lt=0.9)
     split_seed: int = 0
@@ -22,3 +25,9 @@ class HospitalSettings(BaseSettings):
     sample_interval: float = Field(2.0, gt=0)
     #: largest request body accepted (weights of the biggest model with margin)
     max_body_bytes: int = 512 * 1024 * 1024
+    #: TEST-ONLY fault injection (hemafed_hospital.attacks, the chaos suite): the hospitals named in
+    #: ATTACKER (comma-separated ids) poison their updates with ATTACK; ``none`` everywhere by default
+    attack: Literal["none", "sign_flip", "scale", "noise", "label_flip"] = "none"
+    attacker: str = ""
+    attack_scale: float = Field(10.0, gt=0)
+    attack_noise_std: float = Field(1.0, gt=0)

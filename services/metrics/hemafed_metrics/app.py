@@ -15,13 +15,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
+from hemafed import security
+from hemafed.logs import setup_logging
 from hemafed.resources import sample_process
 from hemafed_metrics.collector import StoreCollector
+from hemafed_metrics.deps import WritesAuthenticated
 from hemafed.web import BodySizeLimitMiddleware
-from hemafed_metrics.routes import health, metrics, resources, rounds, runs
+from hemafed_metrics.routes import health, metrics, pages, predict, resources, rounds, runs
 from hemafed_metrics.routes.health import VERSION
 from hemafed_metrics.settings import MetricsSettings
 from hemafed_metrics.store import MetricsStore, RunExists, RunNotFound, SQLiteStore
+from hemafed_metrics.upstream import AggregatorProxy
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ def create_app(settings: MetricsSettings | None = None, store: MetricsStore | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        setup_logging(settings.service_name)  # JSON lines, e.g. the refused requests (hemafed.security)
         own_store = store is None
         app.state.store = (
             store if store is not None else await asyncio.to_thread(SQLiteStore, settings.db_path)
@@ -64,6 +69,7 @@ def create_app(settings: MetricsSettings | None = None, store: MetricsStore | No
             if own_store:
                 await asyncio.to_thread(app.state.store.close)
                 app.state.store = None
+            await app.state.aggregator.aclose()
 
     app = FastAPI(title="HemaFed metrics", version=VERSION, lifespan=lifespan)
     app.state.settings = settings
@@ -71,6 +77,8 @@ def create_app(settings: MetricsSettings | None = None, store: MetricsStore | No
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(lambda: app.state.store))
     app.state.registry = registry
+    security.install(app, settings)
+    app.state.aggregator = AggregatorProxy.from_settings(settings)
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
 
@@ -82,6 +90,12 @@ def create_app(settings: MetricsSettings | None = None, store: MetricsStore | No
     async def _exists(request: Request, exc: RunExists) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
-    for module in (health, runs, rounds, resources, metrics):
+    # the store's routers: GET open (dashboard, CSV, on the loopback-published port), writes only from
+    # enrolled services (tests/unit/test_security.py); /api/predict is the browser's upload (proxied)
+    for module in (runs, rounds, resources):
+        app.include_router(module.router, dependencies=[WritesAuthenticated])
+    for module in (health, metrics, predict):
         app.include_router(module.router)
+    app.include_router(pages.router)
+    app.mount("/static", pages.static_files(), name="static")
     return app

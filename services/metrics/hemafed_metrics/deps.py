@@ -7,8 +7,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 
+from hemafed.security import require_caller, require_caller_for_writes
+
 from hemafed_metrics.settings import MetricsSettings
 from hemafed_metrics.store import MetricsStore
+from hemafed_metrics.upstream import AggregatorProxy
 
 
 def get_store(request: Request) -> MetricsStore:
@@ -29,6 +32,17 @@ def get_registry(request: Request) -> CollectorRegistry:
     return registry
 
 
+def get_aggregator(request: Request) -> AggregatorProxy:
+    """The proxy to the aggregator (its HTTP client is built once, in hemafed_metrics.upstream)."""
+    proxy: AggregatorProxy = request.app.state.aggregator
+    return proxy
+
+
 StoreDep = Annotated[MetricsStore, Depends(get_store)]
 SettingsDep = Annotated[MetricsSettings, Depends(get_settings)]
 RegistryDep = Annotated[CollectorRegistry, Depends(get_registry)]
+AggregatorDep = Annotated[AggregatorProxy, Depends(get_aggregator)]
+#: an enrolled service (aggregator, central, hospital-k): 401 / 403 otherwise
+CallerDep = Annotated[str, Depends(require_caller)]
+#: for the store's routers: reads stay open to the dashboard, writes need an enrolled caller
+WritesAuthenticated = Depends(require_caller_for_writes)

@@ -8,6 +8,8 @@ and for the hospital agent's loader):
 * other files inside a class folder are skipped with reason ``not_image``;
 * image files directly in ``root`` (no class folder) are skipped with reason ``no_class_folder``;
 * sub-folders of class folders are not descended into;
+* a symlink (class folder or file) that resolves outside ``root`` is skipped with reason
+  ``outside_root``: a mount's content cannot pull in files from elsewhere;
 * a file that cannot be decoded is skipped with reason ``corrupt`` (this includes truncated
   files: they are fully decoded, not just ``verify()``-ed); ``unreadable`` when the OS refuses to
   read it; ``too_large`` for decompression bombs.
@@ -73,12 +75,22 @@ def _visible_entries(folder: Path) -> list[os.DirEntry[str]]:
         return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
 
 
+def _inside(root: str, path: str) -> bool:
+    """True when ``path`` (symlinks resolved) is ``root`` or below it; ``root`` is already resolved."""
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def _scan_class_dir(entry: os.DirEntry[str], scan: FolderScan, keep: bool) -> None:
     """Add the files of one class folder to ``scan`` (as usable, or skipped as unknown_class)."""
+    root = os.path.realpath(scan.root)
     for f in _visible_entries(Path(entry.path)):
         if not f.is_file():
             continue
         rel = f"{entry.name}/{f.name}"
+        if not _inside(root, f.path):
+            scan.skipped.append((rel, "outside_root"))
+            continue
         if not is_image_name(f.name):
             scan.skipped.append((rel, "not_image"))
         elif not keep:
@@ -108,7 +120,11 @@ def scan_image_folder(root: str | Path, classes: list[str] | None = None) -> Fol
         if e.is_file() and is_image_name(e.name):
             scan.skipped.append((e.name, "no_class_folder"))
     keep = set(wanted)
+    real_root = os.path.realpath(root)
     for e in dirs:
+        if not _inside(real_root, e.path):
+            scan.skipped.append((e.name, "outside_root"))
+            continue
         _scan_class_dir(e, scan, e.name in keep)
     order = {c: i for i, c in enumerate(wanted)}
     scan.files.sort(key=lambda pc: (order[pc[1]], pc[0].name))

@@ -1,0 +1,152 @@
+"""The centralized baseline (hemafed_hospital.central): pooling with the hospitals' own split, and a
+tiny in-process run reported to the real metrics service (ASGI transport, synthetic 16 px)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from hemafed_hospital.agent import HospitalAgent
+from hemafed_hospital.central import CentralError, CentralSettings, hospital_dirs, pool_hospitals, run_central
+from hemafed_hospital.settings import HospitalSettings
+from hemafed_metrics.app import create_app as metrics_app
+from hemafed_metrics.store import InMemoryStore
+from tests.unit.helpers import RoutingTransport, synthetic_folder
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def mounts(tmp_path_factory):
+    """A split tool's output: three hospitals (hospital-2 holds only 3 classes) and a test set."""
+    root = tmp_path_factory.mktemp("mounts")
+    synthetic_folder(root / "hospital-1", n_per_class=4, size=SIZE, seed=1)
+    synthetic_folder(root / "hospital-2", n_per_class=5, size=SIZE, seed=2,
+                     classes=["basophil", "eosinophil", "platelet"])
+    synthetic_folder(root / "hospital-10", n_per_class=3, size=SIZE, seed=3)
+    synthetic_folder(root / "test", n_per_class=2, size=SIZE, seed=9)
+    (root / "manifest.json").write_text("{}")
+    return root
+
+
+def test_hospital_folders_in_numeric_order(mounts):
+    assert [p.name for p in hospital_dirs(mounts)] == ["hospital-1", "hospital-2", "hospital-10"]
+    assert hospital_dirs(mounts / "test") == []
+
+
+def test_pooling_uses_exactly_the_hospitals_own_splits(mounts):
+    dirs = hospital_dirs(mounts)
+    pooled = pool_hospitals(dirs, SIZE, val_fraction=0.25, split_seed=3)
+    assert len(pooled.classes) == 8 and pooled.classes == sorted(pooled.classes)
+    n_train = n_val = 0
+    for d in dirs:
+        agent = HospitalAgent(HospitalSettings(hospital_id=d.name, data_dir=d, val_fraction=0.25, split_seed=3))
+        summary = agent.summary(SIZE)
+        info = pooled.hospitals[d.name]
+        assert (info["num_train"], info["num_val"]) == (summary.num_train, summary.num_val)
+        assert info["classes"] == summary.classes
+        local = agent.data(SIZE)
+        # the same images: the agent's training split, relabelled into the pooled class list
+        lo = n_train
+        assert np.array_equal(pooled.x_train[lo:lo + summary.num_train], local.x_train)
+        assert [pooled.classes[i] for i in pooled.y_train[lo:lo + summary.num_train]] == \
+            [local.local_classes[i] for i in local.y_train]
+        assert np.array_equal(pooled.x_val[n_val:n_val + summary.num_val], local.x_val)
+        n_train += summary.num_train
+        n_val += summary.num_val
+    assert len(pooled.y_train) == n_train == len(pooled.x_train)
+    assert len(pooled.y_val) == n_val
+    assert pooled.hospitals["hospital-2"]["num_train"] + pooled.hospitals["hospital-2"]["num_val"] == 15
+
+
+def test_pooling_with_a_fixed_class_list_and_bad_input(mounts):
+    dirs = hospital_dirs(mounts)
+    pooled = pool_hospitals(dirs, SIZE, val_fraction=0.25, split_seed=0, classes=["platelet", "basophil"])
+    assert pooled.classes == ["platelet", "basophil"]
+    assert set(pooled.y_train.tolist()) == {0, 1}
+    # 4 + 5 + 3 images of each of the two classes, train + val
+    assert len(pooled.y_train) + len(pooled.y_val) == 2 * (4 + 5 + 3)
+    with pytest.raises(CentralError, match="no hospital folders"):
+        pool_hospitals([], SIZE, val_fraction=0.25, split_seed=0)
+    with pytest.raises(CentralError, match="fewer than 2 classes"):
+        pool_hospitals(dirs, SIZE, val_fraction=0.25, split_seed=0, classes=["platelet"])
+
+
+def test_settings_budget_and_validation(monkeypatch):
+    monkeypatch.setenv("ROUNDS", "4")
+    monkeypatch.setenv("LOCAL_EPOCHS", "3")
+    monkeypatch.setenv("CLASSES", "a, b")
+    s = CentralSettings()
+    assert s.total_epochs == 12 and s.classes == ["a", "b"]
+    assert s.test_path == s.data_root / "test"
+    monkeypatch.setenv("EPOCHS", "5")
+    assert CentralSettings().total_epochs == 5
+    for key, bad in (("OPTIMIZER", "lbfgs"), ("RUN_ID", "../x"), ("IMAGE_SIZE", "8")):
+        monkeypatch.setenv(key, bad)
+        with pytest.raises(ValueError):
+            CentralSettings()
+        monkeypatch.delenv(key)
+
+
+def _settings(mounts, tmp_path, **kw) -> CentralSettings:
+    return CentralSettings(data_root=mounts, output_dir=tmp_path / "results", metrics_url="http://metrics",
+                           wait_for_metrics=2, run_id="central-t", image_size=SIZE, rounds=1, local_epochs=1,
+                           batch_size=16, split="iid", dataset="synthetic", **kw)
+
+
+@pytest.mark.anyio
+async def test_a_tiny_centralized_run_end_to_end(mounts, tmp_path):
+    store = InMemoryStore()
+    http = httpx.AsyncClient(transport=RoutingTransport({"metrics": metrics_app(store=store)}))
+    code = await run_central(_settings(mounts, tmp_path), http=http, report_resources=False)
+    assert code == 0
+    out = tmp_path / "results" / "central-t"
+    assert {p.name for p in out.iterdir()} >= {"best.keras", "final.keras", "best.json", "final.json", "run.json",
+                                               "test_results.json", "confusion_matrix.csv", "confusion_matrix.png",
+                                               "per_class.csv", "per_image.csv"}
+    test = json.loads((out / "test_results.json").read_text())
+    assert test["strategy"] == "centralized" and test["best_round"] == 1
+    assert test["num_examples"] == 16 and len(test["confusion_matrix"]) == 8
+    assert sum(map(sum, test["confusion_matrix"])) == 16
+    assert 0.0 <= test["accuracy"] <= 1.0 and test["loss"] > 0
+    assert set(test["per_class"]["basophil"]) == {"precision", "recall", "f1", "specificity", "auc", "support"}
+    assert test["timing"]["epochs"] == 1 and test["timing"]["training_seconds"] > 0
+    assert test["timing"]["wall_seconds"] >= test["timing"]["training_seconds"]
+    assert test["communication"]["update_bytes_total"] == 0
+    assert test["communication"]["total_parameters"] == test["communication"]["trainable_parameters"] > 1000
+    pooled = test["pooled"]
+    assert set(pooled["hospitals"]) == {"hospital-1", "hospital-2", "hospital-10"}
+    assert pooled["num_train"] == sum(h["num_train"] for h in pooled["hospitals"].values())
+    with open(out / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and all(r["file"].split("/")[0] == r["true"] for r in rows)
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == "finished" and state["rounds_completed"] == 1
+    assert state["test_accuracy"] == test["accuracy"]
+
+    run = store.get_run("central-t")
+    assert run.status.value == "finished" and run.strategy == "centralized"
+    assert run.rounds_total == 1 and run.rounds_completed == 1 and run.clients == 1
+    assert run.test_accuracy == test["accuracy"] and run.best_round == 1
+    assert run.config["epochs"] == 1 and run.config["num_train"] == pooled["num_train"]
+    [r] = store.list_rounds("central-t")
+    m = r.hospitals["central"]
+    assert m.status == "ok" and m.num_examples == pooled["num_train"] and m.update_bytes == 0
+    assert r.global_.val_accuracy_median == m.val_accuracy
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_run_without_data_fails_cleanly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    store = InMemoryStore()
+    http = httpx.AsyncClient(transport=RoutingTransport({"metrics": metrics_app(store=store)}))
+    code = await run_central(_settings(tmp_path / "empty", tmp_path), http=http, report_resources=False)
+    assert code == 1
+    state = json.loads((tmp_path / "results" / "central-t" / "run.json").read_text())
+    assert state["status"] == "failed" and "no hospital-* folders" in state["message"]
+    await http.aclose()

@@ -1,0 +1,108 @@
+"""Fewer than MIN_CLIENTS hospitals (RELIABILITY.md): the run waits with a clear status, runs the
+round again when enough are back, and fails cleanly (never hangs) when they are not."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hemafed_metrics.store import InMemoryStore
+from tests.unit.fakes import FakeHospital, make_server, patch_modelops
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def _no_tensorflow(monkeypatch):
+    patch_modelops(monkeypatch)
+
+
+class Watcher:
+    """Records the server's (status, message) each time a hospital is probed."""
+
+    def __init__(self) -> None:
+        self.server = None
+        self.seen: list[tuple[str, str]] = []
+
+    def alive(self, answer):
+        def probe(n: int) -> bool:
+            if self.server is not None:
+                self.seen.append((self.server.state.status, self.server.state.message))
+            return answer(n)
+        return probe
+
+
+async def test_a_round_below_min_clients_waits_then_runs_again_when_a_hospital_is_back(tmp_path):
+    w = Watcher()
+    store = InMemoryStore()
+    # round 2: hospitals 2 and 3 fail their fit once, then their health for a probe or two
+    hs = [FakeHospital("hospital-1"), FakeHospital("hospital-2", dead_rounds={2}, dead_attempts=1,
+                                                     alive=w.alive(lambda n: n == 1 or n >= 3)),
+          FakeHospital("hospital-3", dead_rounds={2}, dead_attempts=1, alive=w.alive(lambda n: n == 1 or n >= 4))]
+    server = make_server(tmp_path, hs, store=store, strategy="fedavg", fraction_fit=1.0, rounds=3,
+                         wait_for_clients=20)
+    w.server = server
+    state = await asyncio.wait_for(server.run(), 60)
+    assert state.status == "finished", state.message
+    waiting = [m for s, m in w.seen if s == "waiting_for_clients" and "round 2" in m]
+    assert waiting and "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2" in waiting[0]
+    assert waiting[0].endswith("; 1/3 healthy, need 2")
+    assert hs[0].fits == [1, 2, 2, 3]  # round 2 ran twice: the first attempt was not aggregated
+    rounds = store.list_rounds("ck")
+    assert [r.round for r in rounds] == [1, 2, 3]
+    assert {h: m.status for h, m in rounds[1].hospitals.items()} == {
+        "hospital-1": "ok", "hospital-2": "ok", "hospital-3": "ok"}
+    # the failed attempt is on record with the round that was finally aggregated
+    assert rounds[1].report["failed_attempts"] == [{
+        "message": "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2",
+        "hospitals": {"hospital-1": {"status": "ok", "message": ""},
+                      "hospital-2": {"status": "error", "message": "connection refused (container gone)"},
+                      "hospital-3": {"status": "error", "message": "connection refused (container gone)"}}}]
+    assert "failed_attempts" not in rounds[0].report and "failed_attempts" not in rounds[2].report
+
+
+async def test_hospitals_that_never_come_back_fail_the_run_after_wait_for_clients(tmp_path):
+    w = Watcher()
+    store = InMemoryStore()
+    hs = [FakeHospital("hospital-1"), FakeHospital("hospital-2", dead_rounds={2, 3}, alive=w.alive(lambda n: n == 1)),
+          FakeHospital("hospital-3", dead_rounds={2, 3}, alive=w.alive(lambda n: n == 1))]
+    server = make_server(tmp_path, hs, store=store, strategy="fedavg", fraction_fit=1.0, rounds=3,
+                         wait_for_clients=1.0)
+    w.server = server
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    state = await asyncio.wait_for(server.run(), 30)
+    elapsed = loop.time() - t0
+    assert state.status == "failed"
+    assert state.message == ("round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2; only 1 of 3 hospitals "
+                             "healthy after waiting 1s (WAIT_FOR_CLIENTS); MIN_CLIENTS is 2")
+    assert 1.0 <= elapsed < 10
+    assert ("waiting_for_clients",
+            "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2; 1/3 healthy, need 2") in w.seen
+    run = store.get_run("ck")
+    assert run.status.value == "failed" and run.message == state.message
+    assert [r.round for r in store.list_rounds("ck")] == [1]
+    assert state.hospitals["hospital-2"].status == "unreachable"
+
+
+async def test_healthy_hospitals_that_keep_failing_give_up_after_round_retries(tmp_path):
+    hs = [FakeHospital("hospital-1"), FakeHospital("hospital-2", dead_rounds={1}),
+          FakeHospital("hospital-3", dead_rounds={1})]
+    server = make_server(tmp_path, hs, strategy="fedavg", fraction_fit=1.0, rounds=2, round_retries=2)
+    state = await asyncio.wait_for(server.run(), 30)
+    assert state.status == "failed"
+    assert state.message == "round 1: only 1 hospital(s) answered; MIN_CLIENTS is 2; gave up after 2 retries (ROUND_RETRIES)"
+    assert hs[0].fits == [1, 1, 1]
+
+
+async def test_the_start_waits_with_a_clear_status_and_fails_cleanly(tmp_path):
+    w = Watcher()
+    hs = [FakeHospital("hospital-1"), FakeHospital("hospital-2", alive=w.alive(lambda n: False)),
+          FakeHospital("hospital-3", alive=False)]
+    server = make_server(tmp_path, hs, strategy="fedavg", wait_for_clients=0.5)
+    w.server = server
+    state = await asyncio.wait_for(server.run(), 30)
+    assert state.status == "failed"
+    assert state.message == "only 1 of 3 hospitals became healthy within 0s; MIN_CLIENTS is 2"
+    assert ("waiting_for_clients", "1/3 healthy, need 2 (MIN_CLIENTS)") in w.seen

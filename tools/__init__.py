@@ -1,0 +1,1 @@
+"""Host-side tools run from the repository root with the development virtualenv (``.venv``)."""
