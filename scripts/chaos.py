@@ -555,8 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attack-rounds", type=int, default=3)
     p.add_argument("--round-timeout", type=int, default=45)
     p.add_argument("--attacks", default=",".join(ATTACKS))
-    p.add_argument("--robust", default="median", help="the robust strategy compared with FedAvg")
-    p.add_argument("--robust-params", default="{}", help="its STRATEGY_PARAMS (JSON)")
+    p.add_argument("--robust", default="multikrum", help="the robust strategy compared with FedAvg")
+    p.add_argument("--robust-params", default='{"num_byzantine": 0, "num_selected": 2}',
+                   help="its STRATEGY_PARAMS (JSON); the default keeps the 2 of 3 updates closest to the others")
     p.add_argument("--keep", action="store_true", help="leave the last stack up")
     p.add_argument("--clean-accuracy", type=float, default=None,
                    help="the clean reference's test accuracy, when the clean scenario is not run again")
