@@ -52,8 +52,8 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BeforeValidator, ValidationError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger("hemafed.security")
 
@@ -107,8 +107,17 @@ def confined(root: Path, relative: str | PurePath) -> Path:
     return target
 
 
+def split_commas(v: Any) -> Any:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (lists pass through)."""
+    if isinstance(v, str):
+        return [c.strip() for c in v.split(",") if c.strip()]
+    return v
+
+
 SafeName = Annotated[str, AfterValidator(check_name)]
 ConfigPath = Annotated[Path, AfterValidator(check_config_path)]
+#: a settings field given as one comma-separated environment variable (e.g. CLASSES)
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
 
 
 # --------------------------------------------------------------------------- settings

@@ -13,7 +13,7 @@ import numpy as np
 from hemafed.schemas import DatasetSummaryPublic, TaskSpec
 from hemafed_aggregator import modelops
 from hemafed_aggregator.clients import HospitalError
-from hemafed_aggregator.reporting import MetricsReporter
+from hemafed.reporting import MetricsReporter
 from hemafed_aggregator.server import FederatedServer
 from hemafed_aggregator.settings import RunConfig
 from hemafed_aggregator.strategies import build_strategy

@@ -14,11 +14,11 @@ from fastapi import FastAPI
 
 from hemafed import security
 from hemafed.logs import setup_logging
+from hemafed.reporting import MetricsReporter
 from hemafed.schemas import FitConfig
 from hemafed.web import BodySizeLimitMiddleware
 from hemafed_aggregator.clients import HttpHospitalClient
 from hemafed_aggregator.deps import Authenticated
-from hemafed_aggregator.reporting import MetricsReporter
 from hemafed_aggregator.inference import Predictor
 from hemafed_aggregator.routes import health, predict, rounds, status
 from hemafed_aggregator.server import FederatedServer

@@ -9,12 +9,14 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_exponential
 
 from hemafed.exchange import ExchangeError, ModelExchange, check_weights, spec_of
+from hemafed.reporting import MetricsReporter
 from hemafed.schemas import (
     GlobalRoundMetrics,
     HospitalRoundMetrics,
@@ -29,7 +31,6 @@ from hemafed_aggregator import checkpoint, modelcard, modelops, runreport
 from hemafed_aggregator.clients import HospitalClient, HospitalError
 from hemafed_aggregator.outliers import outlier_report
 from hemafed_aggregator.participation import Participation
-from hemafed_aggregator.reporting import MetricsReporter
 from hemafed_aggregator.settings import RunConfig
 from hemafed_aggregator.strategies.base import EvaluateRes, Failure, FitIns, FitRes, Strategy, Weights
 
@@ -160,29 +161,40 @@ class FederatedServer:
     async def _wait_for_clients(self) -> list[HospitalClient]:
         """Wait (with retries, bounded by WAIT_FOR_CLIENTS) until every hospital is healthy,
         or go on with those that are once at least MIN_CLIENTS are and the wait is over."""
-        self.state.status = "waiting_for_clients"
         cfg = self.run_cfg
-
-        async def probe() -> list[HospitalClient]:
-            ok = await asyncio.gather(*(c.health() for c in self.clients))
-            for c, good in zip(self.clients, ok):
-                self.state.hospitals[c.id].status = "healthy" if good else "unreachable"
-            self.state.message = f"{sum(ok)}/{len(self.clients)} healthy, need {cfg.min_clients} (MIN_CLIENTS)"
-            return [c for c, good in zip(self.clients, ok) if good]
-
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(cfg.wait_for_clients),
-            wait=wait_exponential(multiplier=0.5, max=5),
-            retry=retry_if_result(lambda healthy: len(healthy) < len(self.clients)),
-            retry_error_callback=lambda rs: rs.outcome.result(),  # give up: go on with those healthy
-        )
-        healthy = await retrying(probe)
+        healthy = await self._poll_health(
+            until=lambda n: n == len(self.clients), mark_healthy=True,
+            message=lambda n: f"{n}/{len(self.clients)} healthy, need {cfg.min_clients} (MIN_CLIENTS)")
         if len(healthy) < cfg.min_clients:
             raise RunFailed(
                 f"only {len(healthy)} of {len(self.clients)} hospitals became healthy within "
                 f"{cfg.wait_for_clients:.0f}s; MIN_CLIENTS is {cfg.min_clients}"
             )
         return healthy
+
+    async def _poll_health(self, *, until: Callable[[int], bool], message: Callable[[int], str],
+                           mark_healthy: bool) -> list[HospitalClient]:
+        """Probe every hospital's health with bounded retries (exponential back-off, WAIT_FOR_CLIENTS in
+        all) until ``until(number healthy)``; the status is ``waiting_for_clients`` with ``message(n)``
+        meanwhile. Unreachable hospitals are marked so (healthy ones too with ``mark_healthy``).
+        Returns the healthy hospitals of the last probe."""
+        self.state.status = "waiting_for_clients"
+
+        async def probe() -> list[HospitalClient]:
+            ok = await asyncio.gather(*(c.health() for c in self.clients))
+            for c, good in zip(self.clients, ok):
+                if mark_healthy or not good:
+                    self.state.hospitals[c.id].status = "healthy" if good else "unreachable"
+            self.state.message = message(sum(ok))
+            return [c for c, good in zip(self.clients, ok) if good]
+
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(self.run_cfg.wait_for_clients),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            retry=retry_if_result(lambda healthy: not until(len(healthy))),
+            retry_error_callback=lambda rs: rs.outcome.result(),  # give up: the last probe's answer
+        )
+        return await retrying(probe)
 
     async def _agree_task(self, healthy: list[HospitalClient]) -> TaskSpec:
         cfg = self.run_cfg
@@ -409,9 +421,8 @@ class FederatedServer:
         for hid, saved in ck.hospitals.items():
             if hid in self.state.hospitals:  # the live status comes from the health probe
                 self.state.hospitals[hid].last_round = int(saved.get("last_round", 0))
-        if hasattr(self, "last_updates"):
-            self.last_updates = {h: FitRes(hospital_id=h, weights=w, num_examples=n)
-                                 for h, (n, w) in ck.last_updates.items()}
+        self.last_updates = {h: FitRes(hospital_id=h, weights=w, num_examples=n)
+                             for h, (n, w) in ck.last_updates.items()}
         log.warning("run %s: resuming from its checkpoint after round %d of %d (resume #%d)",
                     self.run_cfg.run_id, ck.round, self.run_cfg.rounds, len(self.state.resumed_from))
         return ck.round + 1
@@ -437,7 +448,7 @@ class FederatedServer:
             hospitals={h: asdict(hs) for h, hs in self.state.hospitals.items()},
             task=self.task.model_dump(mode="json"), spec=_json_spec(spec_of(self.weights)),
             started_at=self.state.started_at, resumed_from=list(self.state.resumed_from),
-            last_updates={h: (u.num_examples, u.weights) for h, u in getattr(self, "last_updates", {}).items()},
+            last_updates={h: (u.num_examples, u.weights) for h, u in self.last_updates.items()},
         )
         await asyncio.to_thread(checkpoint.save, self.run_dir, ck)
 
@@ -461,26 +472,12 @@ class FederatedServer:
                 self.state.status = "running"
 
     async def _wait_for_quorum(self, reason: str) -> None:
-        """Poll the hospitals' health (bounded retries, WAIT_FOR_CLIENTS in all) until MIN_CLIENTS are
-        healthy; the status says so meanwhile. Raises RunFailed when the wait is over."""
+        """Wait (WAIT_FOR_CLIENTS in all) until MIN_CLIENTS hospitals are healthy; the status says so
+        meanwhile. Raises RunFailed when the wait is over."""
         cfg = self.run_cfg
-        self.state.status = "waiting_for_clients"
-
-        async def probe() -> int:
-            ok = await asyncio.gather(*(c.health() for c in self.clients))
-            for c, good in zip(self.clients, ok):
-                if not good:
-                    self.state.hospitals[c.id].status = "unreachable"
-            self.state.message = f"{reason}; {sum(ok)}/{len(self.clients)} healthy, need {cfg.min_clients}"
-            return sum(ok)
-
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(cfg.wait_for_clients),
-            wait=wait_exponential(multiplier=0.5, max=5),
-            retry=retry_if_result(lambda n: n < cfg.min_clients),
-            retry_error_callback=lambda rs: rs.outcome.result(),
-        )
-        healthy = await retrying(probe)
+        healthy = len(await self._poll_health(
+            until=lambda n: n >= cfg.min_clients, mark_healthy=False,
+            message=lambda n: f"{reason}; {n}/{len(self.clients)} healthy, need {cfg.min_clients}"))
         if healthy < cfg.min_clients:
             raise RunFailed(f"{reason}; only {healthy} of {len(self.clients)} hospitals healthy after waiting "
                             f"{cfg.wait_for_clients:.0f}s (WAIT_FOR_CLIENTS); MIN_CLIENTS is {cfg.min_clients}")

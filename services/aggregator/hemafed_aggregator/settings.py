@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
-from hemafed.security import NAME_PATTERN, ConfigPath, ServiceSettings, check_name
+from hemafed.security import NAME_PATTERN, CommaList, ConfigPath, ServiceSettings, check_name
 from hemafed_aggregator.participation import Participation
 
 
@@ -72,7 +72,7 @@ class RunConfig(BaseSettings):
     model: str = "cnn"
     image_size: int = Field(32, ge=16, le=512)
     #: optional fixed class list (comma-separated); default: union of the hospitals' classes
-    classes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    classes: CommaList = Field(default_factory=list)
     seed: int = 0
     local_epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -121,9 +121,3 @@ class RunConfig(BaseSettings):
         Participation.parse(v)  # a clear error at start-up, not in round 3
         return v
 
-    @field_validator("classes", mode="before")
-    @classmethod
-    def _parse_classes(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [c.strip() for c in v.split(",") if c.strip()]
-        return v

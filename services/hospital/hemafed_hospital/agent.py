@@ -31,9 +31,11 @@ still counts both trainings: a privacy cost, once paid, is never taken back).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -260,12 +262,29 @@ class HospitalAgent:
             raise AgentError(409, str(exc)) from exc
 
     def _fit_once(self, msg: ModelExchange, instructions: FitInstructions) -> bytes:
+        with self._training():
+            return self.attack.poison(msg.weights, self._fit(msg, instructions)).to_bytes()
+
+    @contextlib.contextmanager
+    def _training(self) -> Iterator[None]:
+        """One training at a time on this hospital (it shares the model): a second gets 409."""
         if not self._busy.acquire(blocking=False):
             raise AgentError(409, "a training round is already running on this hospital")
         try:
-            return self.attack.poison(msg.weights, self._fit(msg, instructions)).to_bytes()
+            yield
         finally:
             self._busy.release()
+
+    def _train_labels(self, d: LocalData, task: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+        """The local training split in the federation's classes; 409 when none of them is here."""
+        x, y = self._task_labels(d, task, "train")
+        if len(y) == 0:
+            raise AgentError(409, "none of this hospital's classes are in the federation's class list")
+        return x, y
+
+    def _round_seed(self, task: TaskSpec, rnd: int) -> int:
+        """The local-training seed of round ``rnd``: differs by task, round and hospital."""
+        return task.seed * 100_003 + rnd * 101 + _stable_hash(self.settings.hospital_id)
 
     def _fit(self, msg: ModelExchange, ins: FitInstructions) -> ModelExchange:
         from hemafed.models import get_exchanged
@@ -275,10 +294,7 @@ class HospitalAgent:
         task, config = ins.task, ins.config
         self._check_algorithms(config)
         d = self.data(task.image_size)
-        x, y = self._task_labels(d, task, "train")
-        if len(y) == 0:
-            raise AgentError(409, "none of this hospital's classes are in the federation's class list")
-        x, y = self._scheduled(x, y, msg.round, config)
+        x, y = self._scheduled(*self._train_labels(d, task), msg.round, config)
         y = self.attack.labels(y, len(task.classes))  # ATTACK=label_flip only (test-only fault injection)
         if len(y) == 0:
             raise AgentError(409, f"round {msg.round}: this hospital's part of the {config.schedule} schedule is "
@@ -309,7 +325,7 @@ class HospitalAgent:
             c_i = before.scaffold_c if before.scaffold_c is not None else zeros
             corrections = [ck - cik for ck, cik in zip(c, c_i)]
 
-        seed = task.seed * 100_003 + msg.round * 101 + _stable_hash(self.settings.hospital_id)
+        seed = self._round_seed(task, msg.round)
         try:
             result = trainer.fit(x, y, train_config, seed=seed, num_classes=len(task.classes),
                                  corrections=corrections)
@@ -411,12 +427,8 @@ class HospitalAgent:
     def local_baseline(self, body: bytes) -> bytes:
         """``POST /local-baseline``: a purely local model for the local-vs-federated table."""
         msg, ins = self._decode(body, LocalBaselineInstructions)
-        if not self._busy.acquire(blocking=False):
-            raise AgentError(409, "a training round is already running on this hospital")
-        try:
+        with self._training():
             return self._local_baseline(msg, ins).to_bytes()
-        finally:
-            self._busy.release()
 
     def _local_baseline(self, msg: ModelExchange, ins: LocalBaselineInstructions) -> ModelExchange:
         """Train from the weights sent (the federation's initial model) on the local training split
@@ -431,18 +443,15 @@ class HospitalAgent:
         task = ins.task
         config = ins.config.model_copy(update={"proximal_mu": 0.0, "feddyn_alpha": 0.0, "scaffold": False})
         d = self.data(task.image_size)
-        x, y = self._task_labels(d, task, "train")
-        if len(y) == 0:
-            raise AgentError(409, "none of this hospital's classes are in the federation's class list")
+        x, y = self._train_labels(d, task)
         xv, yv = self._task_labels(d, task, "val")
         trainer = self._trainer(task)
         self._load_global(trainer, task, msg.weights)
         best: tuple[float, int, list[np.ndarray], object, object] | None = None
         seconds = 0.0
         for rnd in range(1, ins.rounds + 1):
-            seed = task.seed * 100_003 + rnd * 101 + _stable_hash(self.settings.hospital_id)
             try:
-                result = trainer.fit(x, y, config, seed=seed, num_classes=len(task.classes))
+                result = trainer.fit(x, y, config, seed=self._round_seed(task, rnd), num_classes=len(task.classes))
             except UnsupportedConfig as exc:
                 raise AgentError(422, str(exc)) from exc
             seconds += result.seconds

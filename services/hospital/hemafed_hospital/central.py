@@ -32,19 +32,17 @@ import logging
 import re
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
-from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_exponential
-from typing_extensions import Annotated
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
+from hemafed.reporting import MetricsReporter
 from hemafed.schemas import (
     FitConfig,
     GlobalRoundMetrics,
@@ -55,7 +53,7 @@ from hemafed.schemas import (
     RunUpdate,
     TaskSpec,
 )
-from hemafed.security import ServiceSettings, async_client
+from hemafed.security import CommaList, ServiceSettings, async_client
 
 log = logging.getLogger("hemafed.central")
 SERVICE = "central"
@@ -83,7 +81,7 @@ class CentralSettings(ServiceSettings):
     run_id: str = Field("central", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     model: str = "cnn"
     image_size: int = Field(32, ge=16, le=512)
-    classes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    classes: CommaList = Field(default_factory=list)
     seed: int = 0
     trainable_fraction: float = Field(1.0, ge=0, le=1)
     rounds: int = Field(5, ge=1, le=10_000)
@@ -102,12 +100,6 @@ class CentralSettings(ServiceSettings):
     split: str = ""
     dataset: str = ""
 
-    @field_validator("classes", mode="before")
-    @classmethod
-    def _parse_classes(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [c.strip() for c in v.split(",") if c.strip()]
-        return v
 
     @property
     def total_epochs(self) -> int:
@@ -180,56 +172,6 @@ def pool_hospitals(dirs: list[Path], image_size: int, *, val_fraction: float, sp
     )
 
 
-# --------------------------------------------------------------------------- metrics
-
-
-class _Reporter:
-    """Posts the run to the metrics service; a report that cannot be delivered is kept (in order)
-    and sent with the next one, and training never waits on it."""
-
-    def __init__(self, base_url: str | None, http: httpx.AsyncClient) -> None:
-        self.base_url = base_url.rstrip("/") if base_url else None
-        self.http = http
-        self.pending: deque[tuple[str, str, dict]] = deque(maxlen=10_000)
-
-    async def wait_ready(self, seconds: float) -> bool:
-        if self.base_url is None:
-            return False
-
-        async def probe() -> bool:
-            try:
-                return (await self.http.get(f"{self.base_url}/health", timeout=5.0)).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        retrying = AsyncRetrying(stop=stop_after_delay(seconds), wait=wait_exponential(multiplier=0.5, max=5),
-                                 retry=retry_if_result(lambda ok: not ok),
-                                 retry_error_callback=lambda rs: rs.outcome.result())
-        ok = await retrying(probe)
-        if not ok:
-            log.warning("metrics service at %s not reachable after %.0fs: reports are kept for later",
-                        self.base_url, seconds)
-        return ok
-
-    async def send(self, method: str, path: str, body: dict) -> None:
-        if self.base_url is None:
-            return
-        self.pending.append((method, path, body))
-        while self.pending:
-            m, p, b = self.pending[0]
-            try:
-                r = await self.http.request(m, f"{self.base_url}{p}", json=b, timeout=10.0)
-            except httpx.HTTPError as exc:
-                log.warning("metrics service unreachable (%s); %d report(s) kept", exc, len(self.pending))
-                return
-            if r.status_code >= 500:
-                log.warning("metrics service answered %d; %d report(s) kept", r.status_code, len(self.pending))
-                return
-            if r.status_code >= 400 and r.status_code != 409:
-                log.error("metrics service refused %s %s: %d %s", m, p, r.status_code, r.text[:300])
-            self.pending.popleft()
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -250,7 +192,7 @@ def _continuing_trainer(model):
 class CentralRun:
     def __init__(self, settings: CentralSettings, http: httpx.AsyncClient) -> None:
         self.s = settings
-        self.reporter = _Reporter(settings.metrics_url, http)
+        self.reporter = MetricsReporter(settings.metrics_url, http)
         self.run_dir = settings.output_dir / settings.run_id
         self.state: dict[str, Any] = {
             "run_id": settings.run_id, "strategy": STRATEGY, "rounds_total": settings.total_epochs,
@@ -276,9 +218,7 @@ class CentralRun:
             print(f"run {self.s.run_id} FAILED: {msg}", flush=True)
             self.state.update(status="failed", message=msg, finished_at=time.time())
             self._write_state()
-            await self.reporter.send("PATCH", f"/api/runs/{self.s.run_id}",
-                                     RunUpdate(status=RunStatus.failed, message=msg[:2000])
-                                     .model_dump(mode="json", exclude_none=True))
+            await self.reporter.update_run(self.s.run_id, RunUpdate(status=RunStatus.failed, message=msg[:2000]))
             return 1
 
     async def _run(self) -> None:
@@ -307,7 +247,7 @@ class CentralRun:
                            max_steps_per_epoch=s.max_steps_per_epoch)
         trainer, params = await asyncio.to_thread(_build, task)
         epochs = s.total_epochs
-        await self.reporter.send("POST", "/api/runs", RunCreate(
+        await self.reporter.create_run(RunCreate(
             id=s.run_id, rounds_total=epochs, clients=1, split=s.split, model=s.model, dataset=s.dataset,
             strategy=STRATEGY,
             config={**s.model_dump(mode="json", exclude={"data_root", "test_dir", "output_dir", "metrics_url",
@@ -315,7 +255,7 @@ class CentralRun:
                     "epochs": epochs, "params": params, "classes": data.classes,
                     "pooled_hospitals": data.hospitals, "num_train": int(len(data.y_train)),
                     "num_val": int(len(data.y_val))},
-        ).model_dump(mode="json"))
+        ))
         self.state["status"] = "running"
         best_weights, final_weights, train_seconds = None, None, 0.0
         for epoch in range(1, epochs + 1):
@@ -340,8 +280,7 @@ class CentralRun:
             )
             self.state["rounds"].append(entry.model_dump(mode="json", by_alias=True))
             self._write_state()
-            await self.reporter.send("POST", f"/api/runs/{s.run_id}/rounds", entry.model_dump(mode="json",
-                                                                                             by_alias=True))
+            await self.reporter.report_round(s.run_id, entry)
             log.info("epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)", epoch, epochs,
                      res.train_loss, res.train_accuracy, val.loss, val.accuracy, duration)
         final_weights = trainer.model.get_weights()
@@ -363,9 +302,9 @@ class CentralRun:
         (self.run_dir / "test_results.json").write_text(json.dumps(results, indent=2))
         self.state.update(status="finished", finished_at=time.time(), test_results=results)
         self._write_state()
-        await self.reporter.send("PATCH", f"/api/runs/{s.run_id}", RunUpdate(
+        await self.reporter.update_run(s.run_id, RunUpdate(
             status=RunStatus.finished, best_round=self.state["best_round"], test_accuracy=results["accuracy"],
-            test_results=results).model_dump(mode="json", exclude_none=True))
+            test_results=results))
         log.info("centralized run %s finished: best epoch %s, test accuracy %.4f, macro F1 %.4f, training %.1fs",
                  s.run_id, self.state["best_round"], results["accuracy"], results["macro_f1"], train_seconds)
         print(f"run {s.run_id} finished: best epoch {self.state['best_round']}/{epochs}, test accuracy "

@@ -1,5 +1,6 @@
-"""Reports a run to the metrics service. Training never waits on it: a report that cannot be
-delivered is kept (in order) and sent again with the next one, so a metrics outage loses nothing."""
+"""Reports a run to the metrics service (the aggregator's federated runs, the centralized
+baseline). Training never waits on it: a report that cannot be delivered is kept (in order) and
+sent again with the next one, so a metrics outage loses nothing."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 
 import httpx
 
+from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_exponential
+
 from hemafed.schemas import RoundCreate, RunCreate, RunUpdate
 
-log = logging.getLogger("hemafed.aggregator")
+log = logging.getLogger("hemafed.reporting")
 
 
 class MetricsReporter:
@@ -19,6 +22,27 @@ class MetricsReporter:
         self.base_url = base_url.rstrip("/") if base_url else None
         self.http = http
         self.pending: deque[tuple[str, str, dict[str, Any]]] = deque(maxlen=max_pending)
+
+    async def wait_ready(self, seconds: float) -> bool:
+        """Wait (bounded retries) until the metrics service answers /health; False when it did not
+        within ``seconds`` (reports are then kept for later) or when there is none."""
+        if self.base_url is None:
+            return False
+
+        async def probe() -> bool:
+            try:
+                return (await self.http.get(f"{self.base_url}/health", timeout=5.0)).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        retrying = AsyncRetrying(stop=stop_after_delay(seconds), wait=wait_exponential(multiplier=0.5, max=5),
+                                 retry=retry_if_result(lambda ok: not ok),
+                                 retry_error_callback=lambda rs: rs.outcome.result())
+        ok = await retrying(probe)
+        if not ok:
+            log.warning("metrics service at %s not reachable after %.0fs: reports are kept for later",
+                        self.base_url, seconds)
+        return ok
 
     async def create_run(self, run: RunCreate) -> None:
         await self._send("POST", "/api/runs", run.model_dump(mode="json"))
