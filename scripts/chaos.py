@@ -453,14 +453,20 @@ def _first_ok(statuses: list[str], start: int) -> int | str:
 
 def run_quorum(stack: LiveStack, round_timeout: int, wait_s: int = 25) -> Outcome:
     run_id = f"chaos-quorum-{int(time.time())}"
-    stack.start(run_id, ROUNDS=3, ROUND_TIMEOUT=round_timeout, WAIT_FOR_CLIENTS=wait_s, ROUND_RETRIES=1, **FAULT_VARS)
-    stack.wait(lambda s: s["rounds_completed"] >= 1 and s["round"] >= 2, 600, "round 1 done")
+    # Enough rounds that the run cannot finish before the stops take effect: 28 px rounds take seconds, and a
+    # 3-round run once completed on the two hospitals still alive while the third was being stopped.
+    stack.start(run_id, ROUNDS=30, ROUND_TIMEOUT=round_timeout, WAIT_FOR_CLIENTS=wait_s, ROUND_RETRIES=1,
+                **FAULT_VARS)
+    stack.wait(lambda s: s.get("run_id") == run_id and s["rounds_completed"] >= 1 and s["round"] >= 2, 600,
+               "round 1 done")
     for h in ("hospital-2", "hospital-3"):
         stack.container(h).stop(timeout=2)
     t0 = time.monotonic()
     stack.log(f"[{run_id}] hospital-2 and hospital-3 stopped")
-    waiting = stack.wait(lambda s: s["status"] == "waiting_for_clients", 3 * round_timeout, "waiting status")
-    end = stack.wait(lambda s: s["status"] in ("failed", "finished"), wait_s + 3 * round_timeout + 60,
+    waiting = stack.wait(lambda s: s.get("run_id") == run_id and s["status"] == "waiting_for_clients",
+                         3 * round_timeout, "waiting status")
+    end = stack.wait(lambda s: s.get("run_id") == run_id and s["status"] in ("failed", "finished"),
+                     wait_s + 3 * round_timeout + 60,
                      "the run failed cleanly")
     seconds = time.monotonic() - t0
     run = stack.metrics_run() or {}
