@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+import keras
 
-from hemafed.models import MODELS, ModelError, build_model, count_params, get_exchanged, load_model, save_model, set_exchanged
+from hemafed.models import (COMPACT, MODELS, ModelError, build_model, count_params, get_exchanged, load_model,
+                            save_model, set_exchanged)
 
 
 def test_same_seed_same_initial_weights_and_round_trip():
@@ -46,7 +48,7 @@ def test_local_norm_keeps_normalisation_layers_home():
     assert sum(w.size for w in all_w) - sum(w.size for w in no_norm) == 4 * 2 * (16 + 32 + 64)
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n not in ("cnn", "cnn-bn", "mobilenetv2")])
+@pytest.mark.parametrize("name", [n for n in MODELS if n not in (*COMPACT, "mobilenetv2")])
 def test_applications_build_offline(name):
     m = build_model(name, 3, 32)
     assert m.output_shape == (None, 3)
@@ -61,3 +63,13 @@ def test_keras_file_round_trip(tmp_path):
     back = load_model(tmp_path / "m.keras")
     x = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(back(x, training=False).numpy(), m(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_cnn_wide_doubles_every_block_and_keeps_groupnorm():
+    narrow, wide = build_model("cnn", 8, 32), build_model("cnn-wide", 8, 32)
+    kernels = {m.name: [lw.shape[-1] for lw in (layer.kernel for layer in m.layers if layer.name.endswith("conv1"))]
+               for m in (narrow, wide)}
+    assert kernels == {narrow.name: [16, 32, 64], wide.name: [32, 64, 128]}
+    assert not any("bn" in layer.name for layer in wide.layers)
+    assert sum(isinstance(layer, keras.layers.GroupNormalization) for layer in wide.layers) == 6
+    assert wide.output_shape == (None, 8)
