@@ -184,14 +184,14 @@ class LocalTrainer:
         self._loss = keras.losses.SparseCategoricalCrossentropy(reduction="none")
         self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
-    def _prepare_optimizer(self, config: FitConfig) -> keras.optimizers.Optimizer:
+    def _prepare_optimizer(self, config: FitConfig, reset: bool = True) -> keras.optimizers.Optimizer:
         if self._optimizer is None or self._optimizer_kind != config.optimizer:
             self._optimizer = make_optimizer(config)
             self._optimizer.build(self.model.trainable_variables)
             self._optimizer_kind = config.optimizer
             self._step = None
             self._dp_steps = {}
-        else:  # a fresh client optimizer each round: zero its slots and step counter
+        elif reset:  # a fresh client optimizer each round: zero its slots and step counter
             for v in self._optimizer.variables:
                 v.assign(tf.zeros_like(v))
         self._optimizer.learning_rate.assign(config.learning_rate)
@@ -310,12 +310,16 @@ class LocalTrainer:
         num_classes: int,
         corrections: list[np.ndarray] | None = None,
         noise_seed: int | None = None,
+        reset_optimizer: bool = True,
     ) -> TrainResult:
         """Train in place for ``config.local_epochs`` epochs; returns the training summary.
 
         ``corrections`` (one array per trainable variable) is added to every step's gradient.
         With ``config.dp_clip_norm > 0`` the DP-SGD step is used; its noise comes from
         ``noise_seed`` when given (reproducible: tests), else from the OS's randomness.
+        ``reset_optimizer=False`` keeps the optimizer's slots (Adam moments, step count) from the
+        previous call: centralized training calls ``fit`` once per epoch and is one optimizer run;
+        a hospital starts every round with a fresh client optimizer (the default).
         """
         if len(labels) == 0:
             raise ValueError("no training examples")
@@ -327,7 +331,7 @@ class LocalTrainer:
                     f"DP-SGD needs per-example gradients, which BatchNormalization layers "
                     f"({', '.join(bn[:3])}) do not have: use a GroupNorm model (e.g. 'cnn') or freeze them")
         t0 = time.perf_counter()
-        self._prepare_optimizer(config)
+        self._prepare_optimizer(config, reset=reset_optimizer)
         self._reseed(seed)
         if self._step is None:
             self._step = self._build_step()

@@ -150,3 +150,18 @@ async def test_a_run_without_data_fails_cleanly(tmp_path):
     state = json.loads((tmp_path / "results" / "central-t" / "run.json").read_text())
     assert state["status"] == "failed" and "no hospital-* folders" in state["message"]
     await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_cosine_epochs_carry_the_optimizer_and_record_each_rate(mounts, tmp_path):
+    store = InMemoryStore()
+    http = httpx.AsyncClient(transport=RoutingTransport({"metrics": metrics_app(store=store)}))
+    s = _settings(mounts, tmp_path, epochs=3, learning_rate=0.01, lr_schedule="cosine", lr_min_fraction=0.1,
+                  max_steps_per_epoch=2)
+    assert await run_central(s, http=http, report_resources=False) == 0
+    rounds = store.list_rounds("central-t")
+    # 0.001 + 0.009 (1 + cos(pi (t-1)/3)) / 2 for t = 1, 2, 3
+    assert [r.report["learning_rate"] for r in rounds] == pytest.approx([0.01, 0.001 + 0.009 * 0.75,
+                                                                         0.001 + 0.009 * 0.25])
+    assert [r.report["steps"] for r in rounds] == [2, 2, 2]
+    await http.aclose()

@@ -167,3 +167,17 @@ def test_dp_refuses_batchnorm_models():
         trainer.fit(IMAGES, LABELS, sgd(dp_clip_norm=1.0, dp_noise_multiplier=1.0), seed=1, num_classes=2)
     with pytest.raises(ValueError, match="per_example"):
         LocalTrainer(trainer.model, per_example="jacobian")
+
+
+def test_optimizer_state_resets_each_round_unless_kept():
+    trainer = LocalTrainer(build_model("cnn", 2, SIZE, seed=0))
+    cfg = FitConfig(local_epochs=1, batch_size=4, learning_rate=1e-3, optimizer="adam", augment=False)
+    trainer.fit(IMAGES, LABELS, cfg, seed=1, num_classes=2)
+    trainer.fit(IMAGES, LABELS, cfg, seed=2, num_classes=2)
+    assert int(trainer._optimizer.iterations.numpy()) == 4  # a hospital round: a fresh Adam each time
+    moments = [v.numpy().copy() for v in trainer._optimizer.variables if "momentum" in v.path]
+    assert moments and any(np.abs(m).max() > 0 for m in moments)
+    trainer.fit(IMAGES, LABELS, cfg.model_copy(update={"learning_rate": 5e-4}), seed=3, num_classes=2,
+                reset_optimizer=False)
+    assert int(trainer._optimizer.iterations.numpy()) == 8  # centralized epochs: one continuous Adam run
+    assert float(trainer._optimizer.learning_rate.numpy()) == pytest.approx(5e-4)  # the epoch's rate applies

@@ -43,7 +43,8 @@ def build_server(settings: AggregatorSettings, run: RunConfig, http: httpx.Async
         raise ValueError("DEPARTED=keep re-uses a departed hospital's last weights; SCAFFOLD's control-variate "
                          "deltas cannot be re-used: choose DEPARTED=drop")
     strategy = build_strategy(run.strategy, fit_config=fit_config_of(run), fraction_fit=run.fraction_fit,
-                              min_fit_clients=run.min_clients, **run.strategy_params)
+                              min_fit_clients=run.min_clients, lr_schedule=run.lr_schedule,
+                              lr_min_fraction=run.lr_min_fraction, total_rounds=run.rounds, **run.strategy_params)
     clients = [HttpHospitalClient(hid, url, http, run_id=run.run_id) for hid, url in settings.hospitals.items()]
     return FederatedServer(run=run, strategy=strategy, clients=clients,
                            reporter=MetricsReporter(settings.metrics_url, http),

@@ -27,6 +27,7 @@ CARD_SCHEMA = "hemafed-model-card/1"
 _INSIDE = {
     "cnn": "Rescaling(1/255) to [0, 1]",
     "cnn-bn": "Rescaling(1/255) to [0, 1]",
+    "cnn-wide": "Rescaling(1/255) to [0, 1]",
     "mobilenetv2": "x / 127.5 - 1 to [-1, 1] (MobileNetV2)",
     "resnet50": "RGB to BGR minus the ImageNet channel means (Keras 'caffe' mode)",
     "vgg16": "RGB to BGR minus the ImageNet channel means (Keras 'caffe' mode)",
@@ -35,6 +36,7 @@ _INSIDE = {
 
 #: run-config fields of local training and participation recorded in the card (when present)
 _TRAINING_FIELDS = ("rounds", "min_clients", "fraction_fit", "local_epochs", "batch_size", "learning_rate",
+                    "lr_schedule", "lr_min_fraction",
                     "optimizer", "augment", "class_weighting", "trainable_fraction", "local_norm", "seed",
                     "split", "dataset", "schedule", "participation", "departed")
 

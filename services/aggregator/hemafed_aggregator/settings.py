@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from hemafed.lr import LrSchedule
 from hemafed.security import NAME_PATTERN, CommaList, ConfigPath, ServiceSettings, check_name
 from hemafed_aggregator.participation import Participation
 
@@ -77,6 +78,9 @@ class RunConfig(BaseSettings):
     local_epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    #: the hospitals' learning rate by round (hemafed.lr): constant | cosine (to LR_MIN_FRACTION x LEARNING_RATE)
+    lr_schedule: LrSchedule = "constant"
+    lr_min_fraction: float = Field(0.0, ge=0, le=1)
     optimizer: str = "adam"
     augment: bool = True
     class_weighting: bool = False

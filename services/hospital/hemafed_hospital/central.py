@@ -12,8 +12,9 @@ profile ``central``, run with the hospital image)::
 * Training: ``EPOCHS`` (default ``ROUNDS x LOCAL_EPOCHS``, the federation's budget per hospital)
   epochs with the hospitals' trainer, augmentation, optimizer, batch size and class weighting;
   unlike a federated round, the optimizer keeps its state from epoch to epoch (one continuous
-  centralized training). The best epoch by validation accuracy is kept (the federation keeps its
-  best round by validation, never by the test set).
+  centralized training); ``LR_SCHEDULE=cosine`` decays the rate by epoch (:mod:`hemafed.lr`).
+  The best epoch by validation accuracy is kept (the federation keeps its best round by
+  validation, never by the test set).
 * Report: the best model on ``DATA_ROOT/test`` with :mod:`hemafed.report` (the same files as a
   federated run: ``test_results.json`` with ``timing``, ``confusion_matrix.csv/.png``,
   ``per_class.csv``, ``per_image.csv``), ``best.keras`` / ``final.keras`` + JSON, ``run.json``.
@@ -42,6 +43,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
+from hemafed.lr import LrSchedule, learning_rate_at
 from hemafed.reporting import MetricsReporter
 from hemafed.schemas import (
     FitConfig,
@@ -91,6 +93,9 @@ class CentralSettings(ServiceSettings):
     batch_size: int = Field(32, ge=1, le=4096)
     learning_rate: float = Field(1e-3, gt=0, le=10)
     optimizer: str = Field("adam", pattern=r"^(adam|sgd|sgdm)$")
+    #: learning rate per epoch (hemafed.lr): constant | cosine, decaying to LR_MIN_FRACTION x LEARNING_RATE
+    lr_schedule: LrSchedule = "constant"
+    lr_min_fraction: float = Field(0.0, ge=0, le=1)
     augment: bool = True
     class_weighting: bool = False
     max_steps_per_epoch: int = Field(0, ge=0)
@@ -172,23 +177,6 @@ def pool_hospitals(dirs: list[Path], image_size: int, *, val_fraction: float, sp
     )
 
 
-# --------------------------------------------------------------------------- training
-
-
-def _continuing_trainer(model):
-    """The hospitals' LocalTrainer, except that the optimizer keeps its state across ``fit`` calls
-    (a federated round starts a fresh client optimizer; centralized training is one run)."""
-    from hemafed.training import LocalTrainer
-
-    class ContinuingTrainer(LocalTrainer):
-        def _prepare_optimizer(self, config):
-            if self._optimizer is None or self._optimizer_kind != config.optimizer:
-                return super()._prepare_optimizer(config)
-            return self._optimizer
-
-    return ContinuingTrainer(model)
-
-
 class CentralRun:
     def __init__(self, settings: CentralSettings, http: httpx.AsyncClient) -> None:
         self.s = settings
@@ -261,7 +249,9 @@ class CentralRun:
         for epoch in range(1, epochs + 1):
             self.state["round"] = epoch
             t0 = time.perf_counter()
-            res, val = await asyncio.to_thread(_epoch, trainer, data, config, s.seed * 100_003 + epoch * 101)
+            lr = learning_rate_at(s.learning_rate, epoch, epochs, s.lr_schedule, s.lr_min_fraction)
+            res, val = await asyncio.to_thread(_epoch, trainer, data, config.model_copy(update={"learning_rate": lr}),
+                                               s.seed * 100_003 + epoch * 101)
             duration = time.perf_counter() - t0
             train_seconds += duration
             if self.state["best_val_accuracy"] is None or val.accuracy >= self.state["best_val_accuracy"]:
@@ -276,13 +266,13 @@ class CentralRun:
                     train_accuracy=res.train_accuracy, num_examples=res.num_examples, fit_seconds=res.seconds,
                     update_bytes=0)},
                 duration_seconds=duration,
-                report={"epoch": epoch, "steps": res.steps},
+                report={"epoch": epoch, "steps": res.steps, "learning_rate": lr},
             )
             self.state["rounds"].append(entry.model_dump(mode="json", by_alias=True))
             self._write_state()
             await self.reporter.report_round(s.run_id, entry)
-            log.info("epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)", epoch, epochs,
-                     res.train_loss, res.train_accuracy, val.loss, val.accuracy, duration)
+            log.info("epoch %d/%d (lr %.2e): train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)", epoch,
+                     epochs, lr, res.train_loss, res.train_accuracy, val.loss, val.accuracy, duration)
         final_weights = trainer.model.get_weights()
         self.state["status"] = "evaluating"
         wall = time.time() - self.state["started_at"]
@@ -336,15 +326,18 @@ class CentralRun:
 
 def _build(task: TaskSpec):
     from hemafed.models import build_for_task, count_params
+    from hemafed.training import LocalTrainer
 
     model = build_for_task(task)
-    return _continuing_trainer(model), count_params(model)
+    return LocalTrainer(model), count_params(model)
 
 
 def _epoch(trainer, data: PooledData, config: FitConfig, seed: int):
     from hemafed.training import evaluate
 
-    res = trainer.fit(data.x_train, data.y_train, config, seed=seed, num_classes=len(data.classes))
+    # one optimizer run across epochs: Adam's moments carry over (a hospital resets them each round)
+    res = trainer.fit(data.x_train, data.y_train, config, seed=seed, num_classes=len(data.classes),
+                      reset_optimizer=False)
     return res, evaluate(trainer, data.x_val, data.y_val, len(data.classes))
 
 

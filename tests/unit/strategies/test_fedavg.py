@@ -156,3 +156,29 @@ def test_registry_describe_and_report() -> None:
     assert s.state_dict() == {}
     with pytest.raises(ValueError, match="unknown strategy"):
         build_strategy("nope")
+
+
+# --------------------------------------------------------------------------- the hospitals' learning rate by round
+
+
+def test_cosine_learning_rate_by_round_reaches_every_hospital_and_subclass() -> None:
+    from hemafed.schemas import FitConfig
+
+    # base 0.1, 3 rounds, floor 0.1 * 0.1: round t gets 0.01 + 0.09 (1 + cos(pi (t-1)/3)) / 2
+    want = {1: 0.1, 2: 0.01 + 0.09 * 0.75, 3: 0.01 + 0.09 * 0.25}
+    for name, params in (("fedavg", {}), ("fedprox", {"mu": 0.1}), ("feddyn", {"alpha": 0.01})):
+        s = build_strategy(name, fit_config=FitConfig(learning_rate=0.1), lr_schedule="cosine",
+                           lr_min_fraction=0.1, total_rounds=3, **params)
+        for rnd, lr in want.items():
+            pairs = s.configure_train(rnd, [arr(0.0)], CLIENTS[:2], np.random.default_rng(0))
+            assert [p[1].config.learning_rate for p in pairs] == pytest.approx([lr, lr]), (name, rnd)
+        assert s.fit_config.learning_rate == 0.1  # the base config is never changed
+
+
+def test_constant_learning_rate_is_the_configured_one_and_bad_schedules_fail_at_construction() -> None:
+    from hemafed.schemas import FitConfig
+
+    s = FedAvg(fit_config=FitConfig(learning_rate=0.05), total_rounds=4)
+    assert all(s.fit_config_for(r).learning_rate == 0.05 for r in range(1, 6))
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear'"):
+        FedAvg(lr_schedule="linear", total_rounds=4)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hemafed.schemas import FitConfig
+from hemafed.lr import learning_rate_at
 
 Weights = list[np.ndarray]
 
@@ -82,12 +83,18 @@ class Strategy(ABC):
         min_fit_clients: int = 1,
         fraction_evaluate: float = 1.0,
         min_evaluate_clients: int = 1,
+        lr_schedule: str = "constant",
+        lr_min_fraction: float = 0.0,
+        total_rounds: int = 1,
     ) -> None:
         if not 0.0 < fraction_fit <= 1.0:
             raise ValueError("fraction_fit must be in (0, 1]")
         if not 0.0 < fraction_evaluate <= 1.0:
             raise ValueError("fraction_evaluate must be in (0, 1]")
         self.fit_config = fit_config or FitConfig()
+        learning_rate_at(self.fit_config.learning_rate, 1, max(total_rounds, 1), lr_schedule, lr_min_fraction)
+        #: the hospitals' learning rate by round (hemafed.lr): constant, or cosine over total_rounds
+        self.lr_schedule, self.lr_min_fraction, self.total_rounds = lr_schedule, lr_min_fraction, max(total_rounds, 1)
         self.fraction_fit = fraction_fit
         self.min_fit_clients = max(1, min_fit_clients)
         self.fraction_evaluate = fraction_evaluate
@@ -103,11 +110,19 @@ class Strategy(ABC):
         m = int(np.ceil(self.fraction_fit * available))
         return min(available, max(m, self.min_fit_clients))
 
+    def fit_config_for(self, rnd: int) -> FitConfig:
+        """Round ``rnd``'s local-training config: ``fit_config`` with the round's learning rate."""
+        lr = learning_rate_at(self.fit_config.learning_rate, rnd, self.total_rounds, self.lr_schedule,
+                              self.lr_min_fraction)
+        return self.fit_config if lr == self.fit_config.learning_rate else \
+            self.fit_config.model_copy(update={"learning_rate": lr})
+
     def configure_train(
         self, rnd: int, weights: Weights, clients: list[ClientRef], rng: np.random.Generator
     ) -> list[tuple[ClientRef, FitIns]]:
         chosen = sample_clients(clients, self.num_fit_clients(len(clients)), rng)
-        return [(c, FitIns(weights=weights, config=self.fit_config)) for c in chosen]
+        config = self.fit_config_for(rnd)
+        return [(c, FitIns(weights=weights, config=config)) for c in chosen]
 
     @abstractmethod
     def aggregate_train(
