@@ -111,11 +111,19 @@ def check_run_config(where: str, settings: dict[str, Any]) -> None:
     fields = run_settings()
     values = {k: (json.dumps(v) if k == "strategy_params" else v) for k, v in settings.items() if k in fields}
     try:
-        from_values(RunConfig, values)
+        run = from_values(RunConfig, values)
     except ValidationError as exc:
         errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
                            for e in exc.errors(include_url=False))
         raise ConfigError(f"{where}: {errors}") from None
+    # the strategy as the aggregator builds it: a misspelt strategy parameter fails here, not at start-up
+    from hemafed_aggregator.app import fit_config_of
+    from hemafed_aggregator.strategies import build_strategy
+
+    try:
+        build_strategy(run.strategy, fit_config=fit_config_of(run), **run.strategy_params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: strategy {run.strategy!r} with {run.strategy_params}: {exc}") from None
 
 
 def known_settings() -> dict[str, Any]:

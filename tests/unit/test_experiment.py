@@ -67,6 +67,7 @@ def test_bad_configs_are_refused_with_a_clear_message(raw, needle):
 @pytest.mark.parametrize("base, needle", [
     ({"rounds": 0}, "base.rounds: 0 is not valid (Input should be greater than or equal to 1)"),
     ({"schedule": "daily"}, "base.schedule: 'daily' is not valid"),
+    ({"lr_schedule": "linear"}, "base.lr_schedule: 'linear' is not valid"),
 ])
 def test_constraints_of_the_run_config_apply(base, needle):
     with pytest.raises(ex.ConfigError, match=re.escape(needle)):
@@ -78,6 +79,19 @@ def test_the_aggregators_own_validators_run_before_anything_runs():
         "participation": "sometimes"}}]})
     with pytest.raises(ex.ConfigError, match=r"^scenario bad: participation: .*sometimes"):
         ex.expand(c)
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"strategy": "fedavgm", "strategy_params": {"momentum": 0.5}}, "unexpected keyword argument 'momentum'"),
+    ({"strategy": "fedprox", "strategy_params": {"mu": -1}}, "mu"),
+])
+def test_the_strategy_is_built_as_the_aggregator_builds_it(settings, needle):
+    c = ex.parse_config({"name": "e", "scenarios": [{"name": "bad", "settings": settings}]})
+    with pytest.raises(ex.ConfigError, match=r"^scenario bad: .*" + re.escape(needle)):
+        ex.expand(c)
+    ok = ex.parse_config({"name": "e", "scenarios": [{"name": "ok", "settings": {
+        "strategy": "fedavgm", "strategy_params": {"server_momentum": 0.5}, "lr_schedule": "cosine"}}]})
+    assert [r.settings["strategy_params"] for r in ex.expand(ok)] == [{"server_momentum": 0.5}]
 
 
 def test_top_level_must_be_a_mapping_and_the_file_must_exist(tmp_path):
