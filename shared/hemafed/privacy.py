@@ -86,3 +86,35 @@ def dpsgd_epsilon(
         raise ValueError("batch_size must not exceed num_examples (q = batch/num_examples <= 1)")
     steps = dpsgd_steps(num_examples, batch_size, epochs, max_steps_per_epoch)
     return rdp_epsilon(batch_size / num_examples, noise_multiplier, steps, delta)
+
+
+def noise_multiplier_for(target_epsilon: float, sampling_probability: float, steps: int, delta: float,
+                         *, tolerance: float = 1e-3, max_noise: float = 1e4) -> float:
+    """The smallest noise multiplier z (to ``tolerance``) whose :func:`rdp_epsilon` after ``steps``
+    events at ``sampling_probability`` is at most ``target_epsilon`` at ``delta``: the noise a
+    federation must add to stay within a privacy budget (epsilon decreases as z grows)."""
+    if target_epsilon <= 0:
+        raise ValueError("target_epsilon must be positive")
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    low, high = 0.0, 1.0
+    while rdp_epsilon(sampling_probability, high, steps, delta) > target_epsilon:
+        low, high = high, high * 2
+        if high > max_noise:
+            raise ValueError(f"epsilon {target_epsilon} is out of reach below noise multiplier {max_noise}")
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        if rdp_epsilon(sampling_probability, mid, steps, delta) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def dp_fedavg_noise_to_signal(noise_multiplier: float, clients_per_round: int, num_parameters: int) -> float:
+    """Expected L2 norm of DP-FedAvg's noise on the averaged update, in units of the clip norm S:
+    the noise is N(0, (z S / m)^2 I) over d coordinates, so its norm is about z sqrt(d) / m, while
+    the averaged clipped update has norm at most S. Above 1 the noise outweighs any update."""
+    if clients_per_round < 1 or num_parameters < 1 or noise_multiplier < 0:
+        raise ValueError("clients_per_round and num_parameters must be >= 1, noise_multiplier >= 0")
+    return noise_multiplier * math.sqrt(num_parameters) / clients_per_round

@@ -67,3 +67,45 @@ def test_fitconfig_dp_fields() -> None:
     assert FitConfig(dp_clip_norm=1.0, dp_noise_multiplier=1.1).dp_noise_multiplier == 1.1
     with pytest.raises(ValueError):
         FitConfig(dp_noise_multiplier=1.0)  # noise without a clip norm
+
+
+def test_noise_multiplier_for_a_budget_is_the_smallest_that_meets_it() -> None:
+    from hemafed.privacy import noise_multiplier_for, rdp_epsilon
+
+    z = noise_multiplier_for(8.0, 1.0, 12, 1e-5)
+    assert rdp_epsilon(1.0, z, 12, 1e-5) <= 8.0 < rdp_epsilon(1.0, z - 2e-3, 12, 1e-5)
+    # full participation composes the plain Gaussian: more rounds need more noise; sampling needs less
+    assert noise_multiplier_for(8.0, 1.0, 48, 1e-5) > z > noise_multiplier_for(8.0, 0.1, 12, 1e-5)
+    with pytest.raises(ValueError, match="out of reach"):
+        noise_multiplier_for(1e-6, 1.0, 10, 1e-5, max_noise=8.0)
+    with pytest.raises(ValueError, match="positive"):
+        noise_multiplier_for(0.0, 1.0, 10, 1e-5)
+
+
+def test_dp_fedavg_noise_to_signal_by_hand() -> None:
+    from hemafed.privacy import dp_fedavg_noise_to_signal
+
+    # z = 2, d = 10,000 coordinates, 5 hospitals: 2 * 100 / 5 = 40 clip norms of noise
+    assert dp_fedavg_noise_to_signal(2.0, 5, 10_000) == pytest.approx(40.0)
+    assert dp_fedavg_noise_to_signal(1.0, 1000, 100) == pytest.approx(0.01)
+    with pytest.raises(ValueError):
+        dp_fedavg_noise_to_signal(1.0, 0, 10)
+
+
+def test_dp_budget_script_rows_meet_the_budget(capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "dp_budget", Path(__file__).resolve().parents[2] / "benchmarks" / "dp_budget.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    five, thousand = mod.rows(8.0, 1e-5, 12, 10_000, [5, 1000], 1.0)
+    assert five["epsilon"] <= 8.0 and five["z"] == thousand["z"]  # q = 1 either way: the same z
+    assert five["noise_to_signal"] == pytest.approx(five["z"] * 100 / 5)
+    assert thousand["noise_to_signal"] == pytest.approx(five["noise_to_signal"] / 200)
+    [sampled] = mod.rows(8.0, 1e-5, 12, 10_000, [100], 0.1)
+    assert sampled["per_round"] == 10 and sampled["q"] == 0.1 and sampled["z"] < five["z"]
+    assert mod.main(["--hospitals", "5", "--parameters", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "epsilon <= 8.0" in out and out.strip().splitlines()[-1].split()[0] == "5"
