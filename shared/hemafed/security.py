@@ -290,6 +290,17 @@ def require_caller_for_writes(
     return require_caller(request, credentials)
 
 
+def refuse_foreign_subject(request: Request, caller: str, subjects: list[str]) -> None:
+    """403 (logged like an authentication refusal) for an enrolled caller writing records of
+    another service: a hospital may report only its own resource samples."""
+    client = request.client.host if request.client else "unknown"
+    log.warning("request refused: %s wrote records of %s", caller, ", ".join(subjects), extra={
+        "event": "auth_refused", "status": 403, "reason": "records of another service", "caller": caller,
+        "method": request.method, "path": request.url.path, "client": client,
+    })
+    raise HTTPException(403, f"{caller} may report only its own records, not those of {', '.join(subjects)}")
+
+
 def _refuse(request: Request, status: int, reason: str, **extra: str) -> None:
     client = request.client.host if request.client else "unknown"
     log.warning("request refused: %s", reason, extra={

@@ -368,6 +368,36 @@ async def test_refusal_log_line_is_structured_json_without_the_token(folders, tm
     assert secret not in stream.getvalue()
 
 
+@pytest.mark.anyio
+async def test_a_service_reports_only_its_own_resource_samples(folders, tmp_path, refusals):
+    store = InMemoryStore()
+    app = metrics_app(MetricsSettings(db_path=":memory:", sample_interval=0, secrets_dir=folders["metrics"]),
+                      store=store)
+
+    def batch(*services: str) -> dict:
+        return {"samples": [{"service": s, "t": 1.0 + i, "cpu_percent": 5.0, "rss_bytes": 1024}
+                            for i, s in enumerate(services)]}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://metrics") as c:
+        h2 = bearer(token(folders, "hospital-2", "metrics"))
+        r = await c.post("/api/resources", json=batch("hospital-2", "hospital-2"), headers=h2)
+        assert r.status_code == 202 and r.json() == {"accepted": 2}
+        before = len(refusals)
+        # one foreign sample refuses the whole batch: nothing of it is stored
+        r = await c.post("/api/resources", json=batch("hospital-2", "aggregator", "hospital-1"), headers=h2)
+        assert r.status_code == 403
+        assert r.json() == {"detail": "hospital-2 may report only its own records, not those of aggregator, "
+                                      "hospital-1"}
+        [event] = refusals[before:]
+        assert (event.event, event.status, event.caller, event.path) == (
+            "auth_refused", 403, "hospital-2", "/api/resources")
+        r = await c.post("/api/resources", json=batch("aggregator"),
+                         headers=bearer(token(folders, "aggregator", "metrics")))
+        assert r.status_code == 202
+    assert sorted((x.service, x.t) for x in store.list_resources()) == [("aggregator", 1.0), ("hospital-2", 1.0),
+                                                                        ("hospital-2", 2.0)]
+
+
 def test_openapi_declares_the_bearer_scheme(folders, tmp_path):
     hospital = _apps(folders, tmp_path)[0][0]
     spec = hospital.openapi()

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 
-from hemafed.security import require_caller, require_caller_for_writes
+from hemafed.security import refuse_foreign_subject, require_caller, require_caller_for_writes
 
 from hemafed_metrics.settings import MetricsSettings
 from hemafed_metrics.store import MetricsStore
@@ -46,3 +46,12 @@ AggregatorDep = Annotated[AggregatorProxy, Depends(get_aggregator)]
 CallerDep = Annotated[str, Depends(require_caller)]
 #: for the store's routers: reads stay open to the dashboard, writes need an enrolled caller
 WritesAuthenticated = Depends(require_caller_for_writes)
+
+
+def check_own_samples(request: Request, services: set[str]) -> None:
+    """A caller authenticated by the router (``request.state.caller``) may report resource samples
+    of its own service only; an app without enrolment (in process, no secrets) accepts any."""
+    caller: str | None = getattr(request.state, "caller", None)
+    foreign = sorted(services - {caller}) if caller is not None else []
+    if foreign:
+        refuse_foreign_subject(request, caller, foreign)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
 
 from hemafed.schemas import ErrorPublic, ResourceBatchCreate, ResourceSamplePublic
-from hemafed_metrics.deps import StoreDep
+from hemafed_metrics.deps import StoreDep, check_own_samples
 from hemafed_metrics.export import CSV_MEDIA_TYPE, resources_csv
 
 router = APIRouter(tags=["resources"])
@@ -22,8 +22,11 @@ class AcceptedPublic(BaseModel):
     accepted: int
 
 
-@router.post("/api/resources", status_code=status.HTTP_202_ACCEPTED)
-def add_resources(body: ResourceBatchCreate, store: StoreDep) -> AcceptedPublic:
+@router.post("/api/resources", status_code=status.HTTP_202_ACCEPTED,
+             responses={403: {"model": ErrorPublic, "description": "A sample of another service"}})
+def add_resources(body: ResourceBatchCreate, store: StoreDep, request: Request) -> AcceptedPublic:
+    """An enrolled service reports its own samples only (403 for another service's: none stored)."""
+    check_own_samples(request, {sample.service for sample in body.samples})
     return AcceptedPublic(accepted=store.add_resource_samples(body.samples))
 
 
