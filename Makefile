@@ -167,12 +167,15 @@ data: images ## write data-mounts/hospital-1..CLIENTS and data-mounts/test from 
 	    --out /out --cache-dir /out/.cache && printf '%s\n' "$$key" > "$(DATA_MOUNTS)/.split-args"; \
 	fi
 
-certs: ## private CA, a certificate and enrolment tokens per service in CERTS_DIR (existing ones are kept)
+# make certs ROTATE="hospital-2 ...": new tokens, key and certificate for these services (scripts/certs.py)
+CERTS_ROTATE = $(if $(strip $(ROTATE)),--rotate $(ROTATE))
+
+certs: ## private CA, a certificate and enrolment tokens per service in CERTS_DIR (existing ones are kept; ROTATE=hospital-2 replaces that service's)
 	@if command -v openssl >/dev/null 2>&1; then \
-	  $(PYTHON) scripts/certs.py --out $(CERTS_DIR) --hospitals $(CERT_HOSPITALS); \
+	  $(PYTHON) scripts/certs.py --out $(CERTS_DIR) --hospitals $(CERT_HOSPITALS) $(CERTS_ROTATE); \
 	else \
 	  mkdir -p $(CERTS_DIR) && docker run --rm --user $(HOST_UID):$(HOST_GID) -v $(CURDIR)/scripts:/scripts:ro \
-	    -v $(CERTS_DIR):/out $(HEMAFED_BASE_IMAGE) python3 /scripts/certs.py --out /out --hospitals $(CERT_HOSPITALS); \
+	    -v $(CERTS_DIR):/out $(HEMAFED_BASE_IMAGE) python3 /scripts/certs.py --out /out --hospitals $(CERT_HOSPITALS) $(CERTS_ROTATE); \
 	fi
 
 up: data certs ## split the data, start the stack and follow the run until it ends

@@ -18,6 +18,13 @@ token valid for that hospital only; metrics calls the aggregator (the prediction
 
 Idempotent: an existing CA, keys, certificates (while valid for 30 more days and signed by the
 CA) and tokens are kept; new hospitals get theirs; every service's files are rewritten from them.
+
+Rotation (``--rotate hospital-2 [...]``, ``make certs ROTATE=hospital-2``): for a service whose
+secrets may have leaked, or a site that leaves, every token it presents or accepts is replaced and
+it gets a new key and certificate; the other services' tokens stay. The old tokens stop working
+once the services have re-read their enrolment (``make down`` + ``make up``). A rotated name that
+is not a service is an error; the old certificate stays valid under the CA until it expires (no
+CRL: rotate the CA by deleting ``OUT/ca/`` to revoke every certificate at once).
 ``OUT`` is mode 0700, so on the host only its owner reads the keys; the files in a service folder
 are 0644 so that the container's user can read them through the read-only bind mount.
 """
@@ -110,12 +117,12 @@ def _signed_by(cert: Path, ca_cert: Path) -> bool:
         return False
 
 
-def ensure_service_cert(out: Path, name: str, ca_key: Path, ca_cert: Path) -> None:
+def ensure_service_cert(out: Path, name: str, ca_key: Path, ca_cert: Path, *, renew: bool = False) -> None:
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o755)
     key, cert = d / "key.pem", d / "cert.pem"
-    if key.is_file() and cert.is_file() and _valid_for(cert, 30) and _signed_by(cert, ca_cert):
+    if not renew and key.is_file() and cert.is_file() and _valid_for(cert, 30) and _signed_by(cert, ca_cert):
         return
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -136,13 +143,13 @@ def ensure_service_cert(out: Path, name: str, ca_key: Path, ca_cert: Path) -> No
         _write(cert, (t / "cert.pem").read_text(), 0o644)
 
 
-def ensure_tokens(out: Path, pairs: list[tuple[str, str]]) -> dict[str, str]:
+def ensure_tokens(out: Path, pairs: list[tuple[str, str]], rotate: frozenset[str] = frozenset()) -> dict[str, str]:
     path = out / "ca" / "tokens.json"
     tokens: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
     changed = False
     for caller, server in pairs:
         key = f"{caller}>{server}"
-        if key not in tokens:
+        if key not in tokens or caller in rotate or server in rotate:
             tokens[key] = secrets.token_urlsafe(32)
             changed = True
     if changed or not path.is_file():
@@ -150,20 +157,25 @@ def ensure_tokens(out: Path, pairs: list[tuple[str, str]]) -> dict[str, str]:
     return tokens
 
 
-def generate(out: str | Path, hospitals: int) -> dict[str, Path]:
-    """Create or refresh everything under ``out``; returns ``{service: its folder}``."""
+def generate(out: str | Path, hospitals: int, rotate: list[str] | tuple[str, ...] = ()) -> dict[str, Path]:
+    """Create or refresh everything under ``out``; returns ``{service: its folder}``. Services named
+    in ``rotate`` get new tokens (every pair they are in) and a new key and certificate."""
     if hospitals < 1:
         raise SystemExit("certs: at least one hospital")
+    unknown = sorted(set(rotate) - set(services(hospitals)))
+    if unknown:
+        raise SystemExit(f"certs: cannot rotate {', '.join(unknown)}: not a service of this stack "
+                         f"({', '.join(services(hospitals)[:4])}, ..., hospital-{hospitals})")
     out = Path(out).resolve()
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(out, 0o700)
     ca_key, ca_cert = ensure_ca(out)
     pairs = calls(hospitals)
-    tokens = ensure_tokens(out, pairs)
+    tokens = ensure_tokens(out, pairs, frozenset(rotate))
     ca_text = ca_cert.read_text()
     folders = {}
     for name in services(hospitals):
-        ensure_service_cert(out, name, ca_key, ca_cert)
+        ensure_service_cert(out, name, ca_key, ca_cert, renew=name in rotate)
         d = out / name
         creds = {server: tokens[f"{caller}>{server}"] for caller, server in pairs if caller == name}
         enrolled = {caller: hashlib.sha256(tokens[f"{caller}>{server}"].encode()).hexdigest()
@@ -179,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="build/certs", help="output folder (default: build/certs)")
     p.add_argument("--hospitals", type=int, default=10, help="hospital-1..N get material (default: 10)")
+    p.add_argument("--rotate", nargs="+", default=[], metavar="SERVICE",
+                   help="replace these services' tokens, key and certificate (e.g. hospital-2)")
     a = p.parse_args(argv)
-    folders = generate(a.out, max(a.hospitals, 1))
+    folders = generate(a.out, max(a.hospitals, 1), rotate=a.rotate)
+    if a.rotate:
+        print(f"certs: rotated {', '.join(a.rotate)}: restart the stack (make down; make up) so that every "
+              "service reads its new enrolment")
     print(f"certs: CA {Path(a.out).resolve() / 'ca.pem'}; {len(folders)} services "
           f"({', '.join(list(folders)[:4])}, ...)")
     return 0

@@ -118,6 +118,32 @@ def test_certs_are_idempotent_and_grow_with_the_hospitals(tmp_path):
                     str(again["hospital-1"] / "cert.pem")).strip().endswith(": OK")
 
 
+def test_rotating_a_service_replaces_its_tokens_key_and_certificate_only(tmp_path, capsys):
+    out = tmp_path / "c"
+    before = make_certs(out, hospitals=2)
+    tokens_before = json.loads((out / "ca" / "tokens.json").read_text())
+    certs_before = {n: (d / "cert.pem").read_text() for n, d in before.items()}
+    old_h2 = token(before, "aggregator", "hospital-2")
+    assert certs_script.main(["--out", str(out), "--hospitals", "2", "--rotate", "hospital-2"]) == 0
+    assert "rotated hospital-2" in capsys.readouterr().out
+    tokens_after = json.loads((out / "ca" / "tokens.json").read_text())
+    changed = {k for k in tokens_before if tokens_before[k] != tokens_after[k]}
+    assert changed == {"aggregator>hospital-2", "hospital-2>metrics"}  # every pair it is in, no other
+    assert {n for n in certs_before if (before[n] / "cert.pem").read_text() != certs_before[n]} == {"hospital-2"}
+    assert _openssl("verify", "-CAfile", str(out / "ca.pem"),
+                    str(before["hospital-2"] / "cert.pem")).strip().endswith(": OK")
+    # the hospital no longer accepts the old token; the aggregator now presents the new one
+    h2 = security.ServiceSecrets.load(before["hospital-2"]).enrolment
+    assert h2.identify(old_h2) is None
+    assert h2.identify(token(before, "aggregator", "hospital-2")) == "aggregator"
+    metrics = security.ServiceSecrets.load(before["metrics"]).enrolment
+    assert metrics.identify(token(before, "hospital-2", "metrics")) == "hospital-2"
+    assert metrics.identify(tokens_before["hospital-2>metrics"]) is None
+    assert metrics.identify(token(before, "hospital-1", "metrics")) == "hospital-1"  # untouched
+    with pytest.raises(SystemExit, match="cannot rotate hospital-9"):
+        certs_script.main(["--out", str(out), "--hospitals", "2", "--rotate", "hospital-9"])
+
+
 def test_certs_cli(tmp_path, capsys):
     assert certs_script.main(["--out", str(tmp_path / "x"), "--hospitals", "1"]) == 0
     assert "certs: CA" in capsys.readouterr().out
