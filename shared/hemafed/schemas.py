@@ -6,7 +6,7 @@ The weights themselves never travel as JSON: see :mod:`hemafed.exchange`.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -87,6 +87,14 @@ class LocalBaselineInstructions(BaseModel):
     task: TaskSpec
     config: FitConfig
     rounds: int = Field(ge=1, le=10_000)
+    #: pass r's learning rate (the federation's schedule by round, hemafed.lr); empty: config's rate
+    learning_rates: list[Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=list, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _one_rate_per_pass(self) -> LocalBaselineInstructions:
+        if self.learning_rates and len(self.learning_rates) != self.rounds:
+            raise ValueError(f"learning_rates has {len(self.learning_rates)} entries for {self.rounds} passes")
+        return self
 
 
 # --------------------------------------------------------------------------- hospital agent

@@ -284,6 +284,15 @@ async def test_local_baseline_endpoint(fed_folders):
         assert bad.status_code == 422 and "bad instructions" in bad.json()["detail"]
         bad = await c.post("/local-baseline", content=body(weights=initial[:-1]))
         assert bad.status_code == 422 and "global weights rejected" in bad.json()["detail"]
+        bad = await c.post("/local-baseline", content=body(task=task.model_dump(), config={}, rounds=2,
+                                                            learning_rates=[1e-3]))
+        assert bad.status_code == 422 and "learning_rates has 1 entries for 2 passes" in bad.json()["detail"]
+        # a schedule's rates reach the passes: a zero-ish rate on both passes leaves the weights almost as sent
+        r = await c.post("/local-baseline", content=body(task=task.model_dump(), config={"local_epochs": 1,
+                         "batch_size": 16}, rounds=2, learning_rates=[1e-9, 1e-9]))
+        assert r.status_code == 200, r.text
+        still = ModelExchange.from_bytes(r.content).weights
+        assert max(float(np.abs(a - b).max()) for a, b in zip(still, initial)) < 1e-5
 
 
 def test_communication_figures_frozen_layers_never_travel():
@@ -322,9 +331,11 @@ async def test_local_baselines_retry_a_dropped_connection_and_report_failures(fe
         def __init__(self, hid, failures, exc):
             self.id, self.failures, self.exc, self.calls = hid, failures, exc, 0
 
-        async def local_baseline(self, rnd, weights, task, config, rounds, timeout=None):
+        async def local_baseline(self, rnd, weights, task, config, rounds, timeout=None, learning_rates=None):
             self.calls += 1
             assert (rnd, rounds, config.local_epochs) == (3, 3, 2)
+            # pass r at round r's rate of the cosine schedule: 1e-3 * (1 + cos(pi (r-1)/3)) / 2
+            assert learning_rates == pytest.approx([1e-3, 0.75e-3, 0.25e-3])
             if self.calls <= self.failures:
                 raise self.exc
             return FitRes(hospital_id=self.id, weights=weights, num_examples=30,
@@ -335,7 +346,11 @@ async def test_local_baselines_retry_a_dropped_connection_and_report_failures(fe
 
     flaky = Client("hospital-1", 1, httpx.RemoteProtocolError("Server disconnected without sending a response."))
     broken = Client("hospital-2", 5, RuntimeError("HTTP 409: busy"))
+    from hemafed_aggregator.strategies import FedAvg
+
+    strategy = FedAvg(lr_schedule="cosine", total_rounds=3)
     server = SimpleNamespace(task=task, run_cfg=RunConfig(rounds=3, local_epochs=2, round_timeout=10),
+                             strategy=strategy,
                              clients=[flaky, broken], hospital_data={"hospital-2": {"num_train": 7, "num_val": 2}},
                              test_dir=fed_folders["test"], state=SimpleNamespace(message=""))
     test_set = modelops.load_test_set(task, fed_folders["test"])

@@ -114,11 +114,13 @@ class HttpHospitalClient:
 
 
     async def local_baseline(self, rnd: int, weights: Weights, task: TaskSpec, config: FitConfig,
-                             rounds: int, timeout: float | None = None) -> FitRes:
+                             rounds: int, timeout: float | None = None,
+                             learning_rates: list[float] | None = None) -> FitRes:
         """Ask the hospital for a purely local model trained from ``weights`` (``POST /local-baseline``)."""
         msg = ModelExchange(
             weights=weights, round=rnd,
-            extra={"instructions": LocalBaselineInstructions(task=task, config=config, rounds=rounds)
+            extra={"instructions": LocalBaselineInstructions(task=task, config=config, rounds=rounds,
+                                                             learning_rates=learning_rates or [])
                    .model_dump(mode="json")},
         )
         r = await self.http.post(f"{self.base_url}/local-baseline", content=msg.to_bytes(),

@@ -109,6 +109,8 @@ async def local_vs_federated(server: FederatedServer, best: Weights, initial: We
     assert task is not None
     config = fit_config_of(cfg)
     timeout = cfg.round_timeout * cfg.rounds
+    # each local pass at the rate of the matching federated round (LR_SCHEDULE)
+    rates = [server.strategy.fit_config_for(r).learning_rate for r in range(1, cfg.rounds + 1)]
 
     async def one(client):
         fn = getattr(client, "local_baseline", None)
@@ -119,7 +121,8 @@ async def local_vs_federated(server: FederatedServer, best: Weights, initial: We
         retrying = AsyncRetrying(stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.5, max=5),
                                  retry=retry_if_exception_type((httpx.RemoteProtocolError, httpx.ConnectError)),
                                  reraise=True)
-        return await retrying(fn, cfg.rounds, initial, task, config, cfg.rounds, timeout=timeout)
+        return await retrying(fn, cfg.rounds, initial, task, config, cfg.rounds, timeout=timeout,
+                              learning_rates=rates)
 
     server.state.message = "training the hospitals' local baselines"
     local = await asyncio.gather(*(one(c) for c in server.clients), return_exceptions=True)

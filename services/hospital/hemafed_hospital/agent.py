@@ -433,7 +433,7 @@ class HospitalAgent:
     def _local_baseline(self, msg: ModelExchange, ins: LocalBaselineInstructions) -> ModelExchange:
         """Train from the weights sent (the federation's initial model) on the local training split
         only: ``ins.rounds`` passes of ``config.local_epochs`` epochs, each with the seed and the fresh
-        client optimizer of the matching federated round, and keep the pass with the best local
+        client optimizer (and learning rate) of the matching federated round, and keep the pass with the best local
         validation accuracy (the federation keeps its best round by validation too). The
         algorithm terms that need a global model (FedProx, FedDyn, SCAFFOLD) are off; the data
         schedule is not applied (all local training images every pass)."""
@@ -450,8 +450,10 @@ class HospitalAgent:
         best: tuple[float, int, list[np.ndarray], object, object] | None = None
         seconds = 0.0
         for rnd in range(1, ins.rounds + 1):
+            cfg = config.model_copy(update={"learning_rate": ins.learning_rates[rnd - 1]}) if ins.learning_rates \
+                else config
             try:
-                result = trainer.fit(x, y, config, seed=self._round_seed(task, rnd), num_classes=len(task.classes))
+                result = trainer.fit(x, y, cfg, seed=self._round_seed(task, rnd), num_classes=len(task.classes))
             except UnsupportedConfig as exc:
                 raise AgentError(422, str(exc)) from exc
             seconds += result.seconds
