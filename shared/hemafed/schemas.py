@@ -40,6 +40,10 @@ class FitConfig(BaseModel):
     class_weighting: bool = False
     #: FedProx proximal coefficient (0 = plain local training)
     proximal_mu: float = Field(0.0, ge=0)
+    #: FedLC (Zhang et al. 2022) logit calibration tau (0 = off): the local loss is the cross-entropy
+    #: of the calibrated logits z_c - tau * n_c^(-1/4), n_c = local training examples of class c
+    #: (classes absent locally drop out of the softmax); prediction uses the plain model
+    logit_calibration_tau: float = Field(0.0, ge=0, le=100)
     #: cap on local steps per epoch (0 = a full pass over the local data)
     max_steps_per_epoch: int = Field(0, ge=0)
     #: FedDyn (Acar et al. 2021) dynamic-regulariser coefficient alpha (0 = off): the hospital

@@ -6,6 +6,13 @@ One custom training step covers the local objectives of the strategies:
     loss = CE(y, f(x; w)) + (mu / 2) * ||w - w_global||^2          (FedProx, FedDyn's quadratic)
     grad += linear_correction                                      (SCAFFOLD's c - c_i, FedDyn's -g_k)
 
+With ``FitConfig.logit_calibration_tau = tau > 0`` (FedLC, Zhang et al. 2022, Eq. 7) the
+cross-entropy is taken over the calibrated logits ``log p_c(x) - tau * n_c^(-1/4)`` (``n_c``: the
+local training examples of class ``c``; log-probabilities differ from the logits by a constant per
+example, which the softmax cancels); a class with ``n_c = 0`` has an infinite offset, so it drops
+out of the local softmax and the hospital does not push its score down. Only training is
+calibrated: predictions and evaluation use the plain model.
+
 The client optimizer is fresh each round (its slots are reset), as in FedAvg / TFF.
 
 A second compiled step does sample-level DP-SGD (Abadi et al. 2016, Algorithm 1) when
@@ -120,6 +127,22 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return w[labels].astype(np.float32)
 
 
+#: the offset of a class absent from the local data: exp(-1e4) is 0, so it leaves the softmax
+ABSENT_CLASS_OFFSET = 1e4
+
+
+def calibration_offsets(labels: np.ndarray, num_classes: int, tau: float) -> np.ndarray:
+    """FedLC's per-class logit offsets ``tau * n_c^(-1/4)`` from the local label counts (a class
+    with no local example: ``ABSENT_CLASS_OFFSET``, i.e. out of the softmax); zeros for tau = 0."""
+    if tau == 0:
+        return np.zeros(num_classes, np.float32)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    out = np.full(num_classes, ABSENT_CLASS_OFFSET)
+    present = counts > 0
+    out[present] = tau * counts[present] ** -0.25
+    return out.astype(np.float32)
+
+
 def make_optimizer(config: FitConfig) -> keras.optimizers.Optimizer:
     if config.optimizer == "adam":
         return keras.optimizers.Adam(config.learning_rate)
@@ -175,7 +198,7 @@ class LocalTrainer:
         self.model = model
         self._optimizer: keras.optimizers.Optimizer | None = None
         self._optimizer_kind: str | None = None
-        self._step = None
+        self._steps: dict[bool, object] = {}
         self._per_example = per_example
         self._dp_steps: dict[str, object] = {}
         self._seed_generators = [
@@ -189,7 +212,7 @@ class LocalTrainer:
             self._optimizer = make_optimizer(config)
             self._optimizer.build(self.model.trainable_variables)
             self._optimizer_kind = config.optimizer
-            self._step = None
+            self._steps = {}
             self._dp_steps = {}
         elif reset:  # a fresh client optimizer each round: zero its slots and step counter
             for v in self._optimizer.variables:
@@ -197,15 +220,22 @@ class LocalTrainer:
         self._optimizer.learning_rate.assign(config.learning_rate)
         return self._optimizer
 
-    def _build_step(self):
+    def _build_step(self, calibrated: bool):
+        """The training step; ``calibrated``: FedLC's loss over ``log p - offsets`` (one offset per
+        class, ``calibration_offsets``), else the plain cross-entropy (``offsets`` unused)."""
         model, optimizer, loss_fn = self.model, self._optimizer, self._loss
         variables = model.trainable_variables
 
         @tf.function(reduce_retracing=True)
-        def step(x, y, sw, anchors, corrections, mu):
+        def step(x, y, sw, anchors, corrections, mu, offsets):
             with tf.GradientTape() as tape:
                 probs = model(x, training=True)
-                per_example = loss_fn(y, probs)
+                if calibrated:
+                    log_p = tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0))
+                    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels=y, logits=log_p - offsets[None, :])
+                else:
+                    per_example = loss_fn(y, probs)
                 loss = tf.reduce_sum(per_example * sw) / tf.maximum(tf.reduce_sum(sw), 1e-8)
                 prox = tf.add_n([tf.reduce_sum(tf.square(v - a)) for v, a in zip(variables, anchors)])
                 total = loss + 0.5 * mu * prox
@@ -324,6 +354,11 @@ class LocalTrainer:
         if len(labels) == 0:
             raise ValueError("no training examples")
         dp = config.dp_clip_norm > 0
+        calibrated = config.logit_calibration_tau > 0
+        if dp and calibrated:
+            raise UnsupportedConfig(
+                "FedLC's logit calibration uses the local class counts in the loss, which DP-SGD's "
+                "guarantee does not cover: use one or the other")
         if dp:
             bn = batch_statistics_layers(self.model)
             if bn:
@@ -333,8 +368,10 @@ class LocalTrainer:
         t0 = time.perf_counter()
         self._prepare_optimizer(config, reset=reset_optimizer)
         self._reseed(seed)
-        if self._step is None:
-            self._step = self._build_step()
+        if calibrated not in self._steps:
+            self._steps[calibrated] = self._build_step(calibrated)
+        step_fn = self._steps[calibrated]
+        offsets = tf.constant(calibration_offsets(labels, num_classes, config.logit_calibration_tau))
         variables = self.model.trainable_variables
         anchors = [tf.constant(v.numpy()) for v in variables]
         if corrections is None:
@@ -364,7 +401,7 @@ class LocalTrainer:
                     (loss, correct), per_example = self._dp_call(
                         x, y, w, anchors, corr, mu, clip, noise_std, step_seed)
                 else:
-                    loss, correct = self._step(x, y, w, anchors, corr, mu)
+                    loss, correct = step_fn(x, y, w, anchors, corr, mu, offsets)
                 n = int(y.shape[0])
                 loss_sum += float(loss) * n
                 correct_sum += float(correct)

@@ -210,3 +210,16 @@ def test_dp_sgd_refused_for_batchnorm_models(agent):
     with pytest.raises(AgentError, match="BatchNormalization") as e:
         fit(agent, weights, 1, config(dp_clip_norm=1.0, dp_noise_multiplier=1.0), task=task)
     assert e.value.status == 422
+
+
+# --------------------------------------------------------------------------- FedLC
+
+
+def test_fedlc_tau_reaches_the_trainer_and_dp_sgd_with_it_is_refused(agent, initial, calls):
+    r1 = fit(agent, initial, 1, config(logit_calibration_tau=1.0))
+    assert calls[0]["config"].logit_calibration_tau == 1.0
+    assert np.isfinite(r1.metrics["train_loss"]) and r1.metrics["steps"] > 0
+    assert [w.shape for w in r1.weights] == [w.shape for w in initial]
+    with pytest.raises(AgentError, match="FedLC") as e:
+        fit(agent, r1.weights, 2, config(logit_calibration_tau=1.0, dp_clip_norm=1.0, dp_noise_multiplier=1.0))
+    assert e.value.status == 422

@@ -181,3 +181,58 @@ def test_optimizer_state_resets_each_round_unless_kept():
                 reset_optimizer=False)
     assert int(trainer._optimizer.iterations.numpy()) == 8  # centralized epochs: one continuous Adam run
     assert float(trainer._optimizer.learning_rate.numpy()) == pytest.approx(5e-4)  # the epoch's rate applies
+
+
+def test_fedlc_offsets_by_hand():
+    from hemafed.training import ABSENT_CLASS_OFFSET, calibration_offsets
+
+    labels = np.array([0] * 16 + [1])  # n = (16, 1, 0)
+    np.testing.assert_allclose(calibration_offsets(labels, 3, 2.0), [1.0, 2.0, ABSENT_CLASS_OFFSET])  # 2*16^-1/4, 2*1
+    np.testing.assert_array_equal(calibration_offsets(labels, 3, 0.0), [0.0, 0.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def three_classes():
+    model = build_model("cnn", 3, SIZE, seed=0)
+    model.get_layer("dropout").rate = 0.0  # the training forward pass equals predict()
+    trainer = LocalTrainer(model)
+    return trainer, get_exchanged(model)
+
+
+def test_fedlc_loss_is_the_calibrated_cross_entropy_and_absent_classes_are_not_pushed_down(three_classes):
+    trainer, w0 = three_classes
+    labels = np.array([0] * 12 + [1] * 4)  # class 2 absent locally
+    bias = [i for i, v in enumerate(trainer.model.trainable_variables) if v.path.endswith("classifier/bias")][0]
+
+    def one_step(tau: float):
+        set_exchanged(trainer.model, w0)
+        probs = trainer.predict(IMAGES)
+        res = trainer.fit(IMAGES, labels, sgd(logit_calibration_tau=tau), seed=1, num_classes=3)
+        b = trainer.model.trainable_variables[bias].numpy() - w0_bias
+        return probs, res, b
+
+    w0_bias = np.zeros(3)
+    set_exchanged(trainer.model, w0)
+    w0_bias = trainer.model.trainable_variables[bias].numpy().copy()
+
+    probs, res, plain_db = one_step(0.0)
+    assert res.steps == 1
+    np.testing.assert_allclose(res.train_loss, -np.mean(np.log(probs[np.arange(N), labels])), rtol=1e-4)
+    assert plain_db[2] < -1e-4  # plain cross-entropy: the absent class's bias goes down (lr * mean p_2)
+
+    probs, res, cal_db = one_step(2.0)
+    z = np.log(np.clip(probs, 1e-7, 1)) - np.array([2 * 12 ** -0.25, 2 * 4 ** -0.25, 1e4])
+    p_cal = np.exp(z - z.max(1, keepdims=True))
+    p_cal /= p_cal.sum(1, keepdims=True)
+    np.testing.assert_allclose(res.train_loss, -np.mean(np.log(p_cal[np.arange(N), labels])), rtol=1e-4)
+    assert abs(cal_db[2]) < 1e-7  # out of the local softmax: no gradient on its score (float32 rounding)
+    # SGD on the bias: delta_b = -lr * mean(p_cal - onehot), by hand
+    onehot = np.eye(3)[labels]
+    np.testing.assert_allclose(cal_db, -0.1 * (p_cal - onehot).mean(0), atol=2e-6)
+
+
+def test_fedlc_and_dp_sgd_together_are_refused(three_classes):
+    trainer, w0 = three_classes
+    set_exchanged(trainer.model, w0)
+    with pytest.raises(UnsupportedConfig, match="FedLC"):
+        trainer.fit(IMAGES, LABELS, sgd(logit_calibration_tau=1.0, dp_clip_norm=1.0), seed=1, num_classes=3)

@@ -4,6 +4,8 @@ what it returns is weights, counts and aggregate metrics.
 Client side of the strategies that need one (the aggregator's strategies set the FitConfig fields):
 
 * FedProx (``proximal_mu``): the trainer's proximal term.
+* FedLC (``logit_calibration_tau``, Zhang et al. 2022): the trainer calibrates its logits by the
+  round's local class counts (:func:`hemafed.training.calibration_offsets`); the counts stay here.
 * FedDyn (``feddyn_alpha``, Acar et al. 2021, Algorithm 1): the hospital keeps ``g_k`` (one array
   per trainable variable, initially 0), trains on ``L_k(t) - <g_k, t> + alpha/2 ||t - global||^2``
   (corrections ``-g_k``, proximal coefficient ``alpha``), then ``g_k <- g_k - alpha (t_k - global)``
@@ -435,13 +437,15 @@ class HospitalAgent:
         only: ``ins.rounds`` passes of ``config.local_epochs`` epochs, each with the seed and the fresh
         client optimizer (and learning rate) of the matching federated round, and keep the pass with the best local
         validation accuracy (the federation keeps its best round by validation too). The
-        algorithm terms that need a global model (FedProx, FedDyn, SCAFFOLD) are off; the data
+        algorithm terms that exist for the federation (FedProx, FedDyn, SCAFFOLD, FedLC's logit
+        calibration) are off; the data
         schedule is not applied (all local training images every pass)."""
         from hemafed.models import get_exchanged
         from hemafed.training import UnsupportedConfig, evaluate
 
         task = ins.task
-        config = ins.config.model_copy(update={"proximal_mu": 0.0, "feddyn_alpha": 0.0, "scaffold": False})
+        config = ins.config.model_copy(update={"proximal_mu": 0.0, "feddyn_alpha": 0.0, "scaffold": False,
+                                               "logit_calibration_tau": 0.0})
         d = self.data(task.image_size)
         x, y = self._train_labels(d, task)
         xv, yv = self._task_labels(d, task, "val")

@@ -166,7 +166,7 @@ def test_cosine_learning_rate_by_round_reaches_every_hospital_and_subclass() -> 
 
     # base 0.1, 3 rounds, floor 0.1 * 0.1: round t gets 0.01 + 0.09 (1 + cos(pi (t-1)/3)) / 2
     want = {1: 0.1, 2: 0.01 + 0.09 * 0.75, 3: 0.01 + 0.09 * 0.25}
-    for name, params in (("fedavg", {}), ("fedprox", {"mu": 0.1}), ("feddyn", {"alpha": 0.01})):
+    for name, params in (("fedavg", {}), ("fedprox", {"mu": 0.1}), ("feddyn", {"alpha": 0.01}), ("fedlc", {"tau": 1.0})):
         s = build_strategy(name, fit_config=FitConfig(learning_rate=0.1), lr_schedule="cosine",
                            lr_min_fraction=0.1, total_rounds=3, **params)
         for rnd, lr in want.items():

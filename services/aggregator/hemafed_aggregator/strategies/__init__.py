@@ -11,6 +11,7 @@ from hemafed_aggregator.strategies.fedadam import FedAdam
 from hemafed_aggregator.strategies.fedavg import FedAvg
 from hemafed_aggregator.strategies.fedavgm import FedAvgM
 from hemafed_aggregator.strategies.feddyn import FedDyn
+from hemafed_aggregator.strategies.fedlc import FedLC
 from hemafed_aggregator.strategies.fedprox import FedProx
 from hemafed_aggregator.strategies.fedyogi import FedYogi
 from hemafed_aggregator.strategies.krum import Krum, MultiKrum
@@ -27,6 +28,7 @@ REGISTRY: dict[str, type[Strategy]] = {
         FedAdam,
         FedYogi,
         FedProx,
+        FedLC,
         FedDyn,
         Scaffold,
         CoordinateMedian,
@@ -57,6 +59,7 @@ __all__ = [
     "FedAvg",
     "FedAvgM",
     "FedDyn",
+    "FedLC",
     "FedProx",
     "FedYogi",
     "FitIns",
