@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from itertools import pairwise
-from dataclasses import dataclass
 
 import dp_accounting
 import numpy as np
@@ -13,15 +12,7 @@ import pytest
 
 from hemafed_aggregator.strategies import DPFedAvg, build_strategy
 from hemafed_aggregator.strategies.base import FitRes
-
-
-@dataclass(frozen=True)
-class Client:
-    id: str
-
-
-def arr(*v: float) -> np.ndarray:
-    return np.array(v, dtype=np.float64)
+from tests.unit.strategies.helpers import Client, arr
 
 
 def two() -> list[FitRes]:

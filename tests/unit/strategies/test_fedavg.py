@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from hemafed_aggregator.strategies import FedAvg, build_strategy
 from hemafed_aggregator.strategies.base import EvaluateRes, Failure, FitRes
-
-
-@dataclass(frozen=True)
-class Client:
-    id: str
-
-
-def arr(*v: float) -> np.ndarray:
-    return np.array(v, dtype=np.float64)
+from tests.unit.strategies.helpers import Client, arr
 
 
 def res(hid: str, weights: list[np.ndarray], n: int = 1) -> FitRes:

@@ -7,10 +7,7 @@ import pytest
 
 from hemafed_aggregator.strategies import FedAvg, FedAvgM, build_strategy
 from hemafed_aggregator.strategies.base import FitRes
-
-
-def arr(*v: float) -> np.ndarray:
-    return np.array(v, dtype=np.float64)
+from tests.unit.strategies.helpers import arr
 
 
 def round1() -> list[FitRes]:

@@ -9,22 +9,13 @@ round 2: theta_1 = 6, theta_3 = 4 -> sum = 2 + 0 = 2
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from hemafed_aggregator.strategies import FedDyn, build_strategy
 from hemafed_aggregator.strategies.base import FitRes
-
-
-@dataclass(frozen=True)
-class Client:
-    id: str
-
-
-def arr(*v: float) -> np.ndarray:
-    return np.array(v, dtype=np.float64)
+from tests.unit.strategies.helpers import Client, arr
 
 
 def test_two_rounds_by_hand() -> None:

@@ -3,7 +3,6 @@ server momentum when asked (the calibrated loss itself is tested in tests/unit/t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -11,15 +10,7 @@ import pytest
 from hemafed.schemas import FitConfig
 from hemafed_aggregator.strategies import FedAvg, FedLC, build_strategy
 from hemafed_aggregator.strategies.base import FitRes
-
-
-@dataclass(frozen=True)
-class Client:
-    id: str
-
-
-def arr(*v: float) -> np.ndarray:
-    return np.array(v, dtype=np.float64)
+from tests.unit.strategies.helpers import Client, arr
 
 
 def test_tau_reaches_fitins_and_other_config_is_kept() -> None:

@@ -8,22 +8,13 @@ x <- [1, 1] + (1/2) [4, 0] = [3, 1];   c <- [0, 0] + (1/4) [0.6, -0.2] = [0.15, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from hemafed_aggregator.strategies import Scaffold, build_strategy
 from hemafed_aggregator.strategies.base import FitRes
-
-
-@dataclass(frozen=True)
-class Client:
-    id: str
-
-
-def arr(*v: float) -> np.ndarray:
-    return np.array(v, dtype=np.float64)
+from tests.unit.strategies.helpers import Client, arr
 
 
 def results() -> list[FitRes]:
