@@ -690,7 +690,8 @@ def _mean_sd(vals: list[float | None]) -> str:
 
 def plot(cfg: ExperimentConfig, results: list[RunResult], path: Path) -> None:
     """Global validation accuracy (median over hospitals) per round, one line per scenario (mean over
-    its seeds); centralized runs dashed."""
+    its seeds); centralized runs dashed. Colours: tab20's ten dark shades, then its ten light ones with
+    square markers (then triangles past 20 lines), so that no two lines look alike."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -698,6 +699,9 @@ def plot(cfg: ExperimentConfig, results: list[RunResult], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    tab20 = plt.get_cmap("tab20").colors
+    colours = tab20[0::2] + tab20[1::2]
+    markers = "os^"
     drawn = 0
     for name, group in _by_scenario(results).items():
         per_round: dict[int, list[float]] = {}
@@ -710,7 +714,8 @@ def plot(cfg: ExperimentConfig, results: list[RunResult], path: Path) -> None:
         xs = sorted(per_round)
         ys = [statistics.mean(per_round[x]) for x in xs]
         style = "--" if group[0].kind == "central" else "-"
-        ax.plot(xs, ys, style, marker="o", markersize=3, label=name)
+        ax.plot(xs, ys, style, color=colours[drawn % len(colours)],
+                marker=markers[min(drawn // 10, len(markers) - 1)], markersize=3, label=name)
         drawn += 1
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round (centralized: epoch)")
