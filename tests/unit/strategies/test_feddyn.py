@@ -9,7 +9,6 @@ round 2: theta_1 = 6, theta_3 = 4 -> sum = 2 + 0 = 2
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

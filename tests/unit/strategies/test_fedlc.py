@@ -3,7 +3,6 @@ server momentum when asked (the calibrated loss itself is tested in tests/unit/t
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -8,7 +8,6 @@ x <- [1, 1] + (1/2) [4, 0] = [3, 1];   c <- [0, 0] + (1/4) [0.6, -0.2] = [0.15, 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
