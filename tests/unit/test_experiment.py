@@ -475,14 +475,25 @@ def test_report_only_rewrites_tables_from_existing_results(tmp_path):
 # --------------------------------------------------------------------------- shipped configs
 
 
-@pytest.mark.parametrize("name, n_runs, engine", [
-    ("smoke", 2, "stack"), ("thesis", 7, "stack"), ("thesis-quick", 7, "stack"), ("intermittent", 6, "stack"),
-    ("sweep100", 9, "simulation"),
-])
-def test_shipped_configs_are_valid(name, n_runs, engine):
+SHIPPED_CONFIGS = {  # name: (runs, engines)
+    "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
+    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (4, {"stack"}),
+    "dp-client-level": (3, {"simulation"}),
+    "label-skew": (13, {"simulation", "stack"}),  # federated rows simulated, centralized rows on the stack
+}
+
+
+def test_every_shipped_config_is_listed():
+    assert {p.stem for p in (ROOT / "experiments").glob("*.yaml")} == set(SHIPPED_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_CONFIGS))
+def test_shipped_configs_are_valid(name):
+    n_runs, engines = SHIPPED_CONFIGS[name]
     c = ex.load_config(ROOT / "experiments" / f"{name}.yaml")
     runs = ex.expand(c)
-    assert c.name == name and len(runs) == n_runs and {r.engine for r in runs} == {engine}
+    assert c.name == name and len(runs) == n_runs and {r.engine for r in runs} == engines
+    assert all(r.engine == "stack" for r in runs if r.kind == "central")  # make central: its own container
     for r in runs:
         ex.command_for(r, results_dir=Path("/r"))
 
