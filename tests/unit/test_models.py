@@ -73,3 +73,17 @@ def test_cnn_wide_doubles_every_block_and_keeps_groupnorm():
     assert not any("bn" in layer.name for layer in wide.layers)
     assert sum(isinstance(layer, keras.layers.GroupNormalization) for layer in wide.layers) == 6
     assert wide.output_shape == (None, 8)
+
+
+def test_cnn_deep_adds_a_fourth_block_after_a_third_pooling():
+    wide, deep = build_model("cnn-wide", 8, 64), build_model("cnn-deep", 8, 64)
+    assert [layer.kernel.shape[-1] for layer in deep.layers if layer.name.endswith("conv1")] == [32, 64, 128, 256]
+    assert [layer.name for layer in deep.layers if isinstance(layer, keras.layers.MaxPooling2D)] == ["pool1", "pool2", "pool3"]
+    assert deep.get_layer("block4_conv2").output.shape == (None, 8, 8, 256)  # 64 px / 2^3
+    assert sum(isinstance(layer, keras.layers.GroupNormalization) for layer in deep.layers) == 8
+    # the wide model's blocks are unchanged; block 4 adds 3x3 convs 128->256 and 256->256 and their GroupNorm
+    block4 = 9 * 128 * 256 + 9 * 256 * 256 + 2 * 2 * 256
+    classifier_growth = (256 - 128) * 8
+    assert count_params(deep)["total"] == count_params(wide)["total"] + block4 + classifier_growth
+    assert deep.name != wide.name
+    assert deep.output_shape == (None, 8)

@@ -28,6 +28,7 @@ _INSIDE = {
     "cnn": "Rescaling(1/255) to [0, 1]",
     "cnn-bn": "Rescaling(1/255) to [0, 1]",
     "cnn-wide": "Rescaling(1/255) to [0, 1]",
+    "cnn-deep": "Rescaling(1/255) to [0, 1]",
     "mobilenetv2": "x / 127.5 - 1 to [-1, 1] (MobileNetV2)",
     "resnet50": "RGB to BGR minus the ImageNet channel means (Keras 'caffe' mode)",
     "vgg16": "RGB to BGR minus the ImageNet channel means (Keras 'caffe' mode)",
