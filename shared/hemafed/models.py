@@ -12,8 +12,8 @@ Models:
 - ``cnn-wide``: the GroupNorm CNN with twice the filters (32/64/128, ~4x the compute): the
   accuracy-first choice at 64 px when the hours are there.
 - ``cnn-deep``: ``cnn-wide`` plus a fourth block (256 filters) after a third pooling: twice the
-  receptive field (68 px instead of 32: a whole 64 px cell, not a patch of it) for ~1.4x the
-  compute of ``cnn-wide`` and 1.2M parameters.
+  receptive field (68 px instead of 32: a whole 64 px cell, not a patch of it) for ~1.8x the
+  epoch time of ``cnn-wide`` (150 s vs 85 s at 64 px on 2 cores) and 1.2M parameters.
 - ``mobilenetv2``: frozen backbone + GlobalAveragePooling/BatchNorm/Dense head (ALL study).
 - ``resnet50``, ``vgg16``, ``efficientnetb0``: keras.applications backbones.
 
