@@ -67,7 +67,7 @@ def _conv_block(x, filters: int, norm: str, name: str):
     return x
 
 
-def _compact_cnn(num_classes: int, image_size: int, norm: str, widths: tuple[int, int, int]) -> keras.Model:
+def _compact_cnn(num_classes: int, image_size: int, norm: str, widths: tuple[int, ...]) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for i, filters in enumerate(widths, start=1):
@@ -77,7 +77,10 @@ def _compact_cnn(num_classes: int, image_size: int, norm: str, widths: tuple[int
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(0.3, name="dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="classifier")(x)
-    suffix = "" if widths == COMPACT["cnn"][1] else f"_{widths[0]}" + (f"x{len(widths)}" if len(widths) != 3 else "")
+    # hemafed_cnn_group (cnn), hemafed_cnn_group_32 (cnn-wide), hemafed_cnn_group_32x4 (cnn-deep)
+    suffix = "" if widths == COMPACT["cnn"][1] else f"_{widths[0]}"
+    if len(widths) != 3:
+        suffix += f"x{len(widths)}"
     return keras.Model(inputs, outputs, name=f"hemafed_cnn_{norm}{suffix}")
 
 

@@ -85,5 +85,5 @@ def test_cnn_deep_adds_a_fourth_block_after_a_third_pooling():
     block4 = 9 * 128 * 256 + 9 * 256 * 256 + 2 * 2 * 256
     classifier_growth = (256 - 128) * 8
     assert count_params(deep)["total"] == count_params(wide)["total"] + block4 + classifier_growth
-    assert deep.name != wide.name
+    assert (wide.name, deep.name) == ("hemafed_cnn_group_32", "hemafed_cnn_group_32x4")
     assert deep.output_shape == (None, 8)
