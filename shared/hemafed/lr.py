@@ -35,3 +35,18 @@ def learning_rate_at(base: float, step: int, total: int, schedule: str = "consta
     low = base * min_fraction
     rate = low + (base - low) * (1.0 + math.cos(math.pi * (t - 1) / total)) / 2.0
     return max(rate, low, 1e-12)  # FitConfig needs a positive rate even at min_fraction 0
+
+
+def warmup_rates(rate: float, epoch: int, warmup_epochs: int, steps_per_epoch: int) -> list[float] | None:
+    """Per-step rates of ``epoch`` (1-based) under a linear warm-up over the first ``warmup_epochs``
+    epochs (Goyal et al. 2017): step ``g`` (0-based, counted from the first epoch) runs at
+    ``rate * (g + 1) / (warmup_epochs * steps_per_epoch)``, so the last warm-up step reaches
+    ``rate``; ``rate`` is that epoch's scheduled rate. ``None`` once the warm-up is over (the
+    scheduled rate holds for the whole epoch)."""
+    if warmup_epochs < 0 or steps_per_epoch < 1 or epoch < 1:
+        raise ValueError("warmup_epochs >= 0, steps_per_epoch >= 1 and a 1-based epoch are needed")
+    if epoch > warmup_epochs:
+        return None
+    total = warmup_epochs * steps_per_epoch
+    first = (epoch - 1) * steps_per_epoch
+    return [rate * (first + j + 1) / total for j in range(steps_per_epoch)]

@@ -156,6 +156,23 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Seque
     }
 
 
+#: what ``tta=True`` means in a report (hemafed.training.dihedral_views)
+TTA_KIND = "mean softmax over the 8 dihedral views (4 rotations by 90 degrees, each also mirrored)"
+
+
+def tta_report(views: Sequence[np.ndarray], labels: np.ndarray, classes: Sequence[str]
+                                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """From the class probabilities of each view of the test images (the first view: the images as
+    they are), the mean prediction that the report scores, and the ``test_time_augmentation``
+    entry: how many views, and the single-view (plain) figures beside it for comparison."""
+    if not views:
+        raise ValueError("no views to average")
+    plain = classification_metrics(views[0], labels, classes)
+    mean = np.mean(np.stack(views), axis=0)
+    return mean, {"views": len(views), "kind": TTA_KIND,
+                  "single_view": {k: plain[k] for k in ("accuracy", "macro_f1", "loss")}}
+
+
 def top_k(probs: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Indices and scores of the ``k`` most probable classes per row, most probable first
     (ties: the lower class index first)."""

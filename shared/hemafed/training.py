@@ -30,6 +30,14 @@ gradient per example (batch x model size in memory); in it, random layers (dropo
 per batch, shared by its examples (pfor runs the seed update once), while the loop draws one per
 example; the masks never depend on the data, so the privacy guarantee is the same.
 
+Optional, for one long training run (the centralized baseline): ``fit(step_learning_rates=...)``
+sets the rate before every step (a linear warm-up, :func:`hemafed.lr.warmup_rates`), and
+``LocalTrainer(ema_decay=d)`` keeps an exponential moving average of the trainable weights
+(Polyak averaging; ``decay_t = min(d, (1 + t) / (10 + t))`` as ``tf.train.ExponentialMovingAverage``
+with ``num_updates``), which ``with trainer.averaged():`` swaps into the model for evaluation and
+saving. ``predict(tta=True)`` averages the softmax over the 8 dihedral views (4 rotations by 90
+degrees, each also mirrored): a blood cell on a slide has no orientation.
+
 ``fit`` is deterministic for a given ``seed`` (shuffling, augmentation and the model's dropout
 seeds all derive from it), apart from DP noise drawn without ``noise_seed``.
 """
@@ -41,6 +49,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,13 +197,16 @@ def _quiet_tf_warnings():
 class LocalTrainer:
     """Holds one model and its compiled training step; reused across rounds."""
 
-    def __init__(self, model: keras.Model, *, per_example: str = "auto") -> None:
+    def __init__(self, model: keras.Model, *, per_example: str = "auto", ema_decay: float = 0.0) -> None:
         """``per_example``: how the DP-SGD step gets per-example gradients: ``vectorized``
         (``tf.vectorized_map``), ``loop`` (microbatches of one example in a ``tf.while_loop``:
         slower, works for any model) or ``auto`` (vectorized, falling back to the loop if the
-        model cannot be vectorized)."""
+        model cannot be vectorized). ``ema_decay`` in (0, 1): keep an exponential moving average
+        of the trainable weights, updated after every step (0: none)."""
         if per_example not in PER_EXAMPLE_MODES:
             raise ValueError(f"per_example must be one of {PER_EXAMPLE_MODES}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError("ema_decay must be in [0, 1)")
         self.model = model
         self._optimizer: keras.optimizers.Optimizer | None = None
         self._optimizer_kind: str | None = None
@@ -206,6 +218,50 @@ class LocalTrainer:
         ]
         self._loss = keras.losses.SparseCategoricalCrossentropy(reduction="none")
         self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self.ema_decay = float(ema_decay)
+        self._ema: list[tf.Variable] = []
+        self._ema_update = None
+        if self.ema_decay:
+            self._ema = [tf.Variable(v.numpy(), trainable=False, name=f"ema_{i}")
+                         for i, v in enumerate(model.trainable_variables)]
+            self._ema_updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
+            self._ema_update = self._build_ema_update()
+
+    # ---------------------------------------------------------------- weight averaging (EMA)
+    def _build_ema_update(self):
+        variables, averages, count, decay = self.model.trainable_variables, self._ema, self._ema_updates, self.ema_decay
+
+        @tf.function
+        def update():
+            count.assign_add(1)
+            t = tf.cast(count, tf.float32)
+            d = tf.minimum(tf.constant(decay, tf.float32), (1.0 + t) / (10.0 + t))
+            for a, v in zip(averages, variables):
+                a.assign(d * a + (1.0 - d) * tf.cast(v, a.dtype))
+
+        return update
+
+    @property
+    def ema_updates(self) -> int:
+        """How many steps the moving average has seen (0 without ``ema_decay``)."""
+        return int(self._ema_updates.numpy()) if self._ema else 0
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Inside the block the model holds the moving-average weights (as it is after the block
+        when there is no average: ``ema_decay`` 0); the trained weights come back on exit."""
+        if not self._ema:
+            yield self.model
+            return
+        variables = self.model.trainable_variables
+        trained = [v.numpy() for v in variables]
+        for v, a in zip(variables, self._ema):
+            v.assign(a)
+        try:
+            yield self.model
+        finally:
+            for v, w in zip(variables, trained):
+                v.assign(w)
 
     def _prepare_optimizer(self, config: FitConfig, reset: bool = True) -> keras.optimizers.Optimizer:
         if self._optimizer is None or self._optimizer_kind != config.optimizer:
@@ -341,6 +397,7 @@ class LocalTrainer:
         corrections: list[np.ndarray] | None = None,
         noise_seed: int | None = None,
         reset_optimizer: bool = True,
+        step_learning_rates: Sequence[float] | None = None,
     ) -> TrainResult:
         """Train in place for ``config.local_epochs`` epochs; returns the training summary.
 
@@ -350,6 +407,8 @@ class LocalTrainer:
         ``reset_optimizer=False`` keeps the optimizer's slots (Adam moments, step count) from the
         previous call: centralized training calls ``fit`` once per epoch and is one optimizer run;
         a hospital starts every round with a fresh client optimizer (the default).
+        ``step_learning_rates``: the rate of each step of this call (step ``i`` uses entry ``i``, the
+        last entry holds for later steps); else ``config.learning_rate`` for every step.
         """
         if len(labels) == 0:
             raise ValueError("no training examples")
@@ -390,18 +449,25 @@ class LocalTrainer:
             clip = tf.constant(float(config.dp_clip_norm), tf.float32)
             noise_std = tf.constant(float(config.dp_noise_multiplier * config.dp_clip_norm), tf.float32)
             noise_base = secrets.randbits(62) if noise_seed is None else int(noise_seed)
+        rates = None if step_learning_rates is None else [float(r) for r in step_learning_rates]
+        if rates is not None and (not rates or min(rates) <= 0 or not np.all(np.isfinite(rates))):
+            raise ValueError("step_learning_rates must be a non-empty list of positive, finite rates")
         per_example = None
         steps, loss_sum, correct_sum, seen = 0, 0.0, 0.0, 0
         for _epoch in range(config.local_epochs):
             for i, (x, y, w) in enumerate(ds):
                 if config.max_steps_per_epoch and i >= config.max_steps_per_epoch:
                     break
+                if rates is not None:
+                    self._optimizer.learning_rate.assign(rates[min(steps, len(rates) - 1)])
                 if dp:
                     step_seed = tf.constant([noise_base, steps], tf.int64)
                     (loss, correct), per_example = self._dp_call(
                         x, y, w, anchors, corr, mu, clip, noise_std, step_seed)
                 else:
                     loss, correct = step_fn(x, y, w, anchors, corr, mu, offsets)
+                if self._ema_update is not None:
+                    self._ema_update()
                 n = int(y.shape[0])
                 loss_sum += float(loss) * n
                 correct_sum += float(correct)
@@ -416,14 +482,34 @@ class LocalTrainer:
             per_example=per_example,
         )
 
-    def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def predict(self, images: np.ndarray, batch_size: int = 256, *, tta: bool = False) -> np.ndarray:
+        """Class probabilities (N x K); ``tta``: the mean over the 8 dihedral views of each image."""
+        if not tta:
+            return self._predict_one(images, batch_size)
+        return np.mean(self.predict_views(images, batch_size), axis=0)
+
+    def predict_views(self, images: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+        """Class probabilities of each of the 8 dihedral views (:func:`dihedral_views`); the first
+        is the plain prediction."""
+        return [self._predict_one(view, batch_size) for view in dihedral_views(images)]
+
+    def _predict_one(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         out = []
         for start in range(0, len(images), batch_size):
             x = tf.convert_to_tensor(images[start : start + batch_size], dtype=tf.float32)
             out.append(self._forward(x).numpy())
         if not out:
-            return np.zeros((0, self.model.output_shape[-1]), np.float32)
+            return np.zeros((0, self.model.output_shape[-1]), np.float64)
         return np.concatenate(out).astype(np.float64)
+
+
+def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of the square applied to a batch ``(N, H, W, C)``: rotations by 0, 90, 180
+    and 270 degrees, and each of them mirrored left-right; the first view is the batch itself."""
+    if images.ndim != 4 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"dihedral views need square images (N, S, S, C), got shape {images.shape}")
+    rotations = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, ::-1])]
 
 
 @dataclass
@@ -435,8 +521,9 @@ class EvalResult:
     probabilities: np.ndarray
 
 
-def evaluate(trainer: LocalTrainer, images: np.ndarray, labels: np.ndarray, num_classes: int) -> EvalResult:
-    probs = trainer.predict(images)
+def evaluate(trainer: LocalTrainer, images: np.ndarray, labels: np.ndarray, num_classes: int, *,
+             tta: bool = False) -> EvalResult:
+    probs = trainer.predict(images, tta=tta)
     n = len(labels)
     if n == 0:
         return EvalResult(0.0, 0.0, 0, np.zeros((num_classes, num_classes), np.int64), probs)

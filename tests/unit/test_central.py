@@ -165,3 +165,43 @@ async def test_cosine_epochs_carry_the_optimizer_and_record_each_rate(mounts, tm
                                                                          0.001 + 0.009 * 0.25])
     assert [r.report["steps"] for r in rounds] == [2, 2, 2]
     await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_warmup_moving_average_and_test_time_augmentation(mounts, tmp_path):
+    store = InMemoryStore()
+    http = httpx.AsyncClient(transport=RoutingTransport({"metrics": metrics_app(store=store)}))
+    s = _settings(mounts, tmp_path, epochs=3, learning_rate=0.01, lr_warmup_epochs=2, ema_decay=0.9, tta=True,
+                  max_steps_per_epoch=2)
+    assert await run_central(s, http=http, report_resources=False) == 0
+    rounds = store.list_rounds("central-t")
+    # 2 warm-up epochs of 2 steps: 0.0025, 0.005 | 0.0075, 0.01 | then the constant 0.01
+    assert [r.report["learning_rate"] for r in rounds] == [0.01] * 3
+    assert [r.report.get("warmup_learning_rates") for r in rounds] == [pytest.approx([0.0025, 0.005]),
+                                                                       pytest.approx([0.0075, 0.01]), None]
+    assert [r.report["ema_updates"] for r in rounds] == [2, 4, 6]
+    out = tmp_path / "results" / "central-t"
+    test = json.loads((out / "test_results.json").read_text())
+    assert test["weights"] == "moving average (decay 0.9)"
+    tta = test["test_time_augmentation"]
+    assert tta["views"] == 8 and set(tta["single_view"]) == {"accuracy", "macro_f1", "loss"}
+    assert 0.0 <= tta["single_view"]["accuracy"] <= 1.0
+    # the kept model is the averaged one: its validation accuracy is the one recorded for its epoch
+    from hemafed.models import load_model
+    from hemafed.training import LocalTrainer, evaluate
+    from hemafed_hospital.central import hospital_dirs, pool_hospitals
+
+    data = pool_hospitals(hospital_dirs(mounts), SIZE, val_fraction=s.val_fraction, split_seed=s.split_seed)
+    best = LocalTrainer(load_model(out / "best.keras"))
+    best_round = rounds[test["best_round"] - 1]
+    assert evaluate(best, data.x_val, data.y_val, len(data.classes)).accuracy == pytest.approx(
+        best_round.global_.val_accuracy_median)
+    await http.aclose()
+
+
+def test_settings_refuse_a_bad_moving_average_or_warmup(monkeypatch):
+    from pydantic import ValidationError
+
+    for field, value in (("ema_decay", 1.0), ("ema_decay", -0.1), ("lr_warmup_epochs", -1)):
+        with pytest.raises(ValidationError, match=field):
+            CentralSettings(**{field: value})

@@ -34,3 +34,17 @@ def test_cosine_to_zero_stays_positive():
 def test_bad_arguments_are_clear_errors(args, match):
     with pytest.raises(ValueError, match=match):
         learning_rate_at(*args)
+
+
+def test_linear_warmup_hand_computed():
+    from hemafed.lr import warmup_rates
+
+    # 2 warm-up epochs of 4 steps at a scheduled rate of 0.08: 0.01, 0.02, ... 0.08 over 8 steps
+    assert warmup_rates(0.08, 1, 2, 4) == pytest.approx([0.01, 0.02, 0.03, 0.04])
+    assert warmup_rates(0.08, 2, 2, 4) == pytest.approx([0.05, 0.06, 0.07, 0.08])
+    assert warmup_rates(0.08, 3, 2, 4) is None
+    assert warmup_rates(0.08, 1, 0, 4) is None
+    with pytest.raises(ValueError):
+        warmup_rates(0.08, 1, 2, 0)
+    with pytest.raises(ValueError):
+        warmup_rates(0.08, 0, 2, 4)

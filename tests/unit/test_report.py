@@ -13,6 +13,7 @@ from hemafed.report import (
     classification_metrics,
     classification_report,
     one_vs_rest_auc,
+    tta_report,
     top_k,
     write_report_files,
 )
@@ -104,6 +105,27 @@ def test_empty_test_set():
     rep = classification_metrics(np.zeros((0, 3)), np.zeros(0, np.int64), CLASSES)
     assert rep["num_examples"] == 0 and rep["accuracy"] == 0.0 and rep["loss"] == 0.0
     assert rep["macro_auc"] is None and rep["macro_f1"] == 0.0
+
+
+def test_tta_report_scores_the_mean_and_keeps_the_single_view_figures():
+    # a second view that fixes image 2 (true a) and breaks image 4 (true b)
+    other = np.array([
+        [0.7, 0.2, 0.1],
+        [0.9, 0.05, 0.05],
+        [0.2, 0.5, 0.3],
+        [0.1, 0.8, 0.1],
+        [0.6, 0.1, 0.3],
+    ])
+    mean, entry = tta_report([PROBS, other], LABELS, CLASSES)
+    np.testing.assert_allclose(mean, (PROBS + other) / 2)
+    # mean: image 2 -> a (0.6 vs 0.325), image 4 -> b (0.6 vs 0.3), image 5 -> c (0.55 vs 0.35): 5 of 5
+    assert classification_metrics(mean, LABELS, CLASSES)["accuracy"] == 1.0
+    plain = classification_metrics(PROBS, LABELS, CLASSES)
+    assert entry == {"views": 2, "kind": entry["kind"],
+                     "single_view": {"accuracy": 0.6, "macro_f1": plain["macro_f1"], "loss": plain["loss"]}}
+    assert "dihedral" in entry["kind"]
+    with pytest.raises(ValueError, match="no views"):
+        tta_report([], LABELS, CLASSES)
 
 
 def test_top_k_orders_and_breaks_ties_by_class_index():
@@ -365,3 +387,22 @@ async def test_local_baselines_retry_a_dropped_connection_and_report_failures(fe
     assert err["status"] == "error" and err["message"] == "HTTP 409: busy"
     assert (err["num_train"], err["num_val"], err["federated_val_accuracy"]) == (7, 2, 0.75)
     assert err["local_test_accuracy"] is None and err["federated_test_accuracy"] == 0.6
+
+
+def test_test_evaluation_with_and_without_test_time_augmentation(fed_folders):
+    from hemafed_aggregator import modelops
+
+    task = TaskSpec(model="cnn", image_size=SIZE, classes=list(PBC_CLASSES), seed=0)
+    initial, _ = modelops.initial_weights(task)
+    test_set = modelops.load_test_set(task, fed_folders["test"])
+    plain = modelops.evaluate_on_test(task, initial, fed_folders["test"], test_set=test_set)
+    assert plain["test_time_augmentation"] is None
+    tta = modelops.evaluate_on_test(task, initial, fed_folders["test"], test_set=test_set, tta=True)
+    entry = tta["test_time_augmentation"]
+    assert entry["views"] == 8
+    assert entry["single_view"] == {"accuracy": plain["accuracy"], "macro_f1": plain["macro_f1"],
+                                    "loss": pytest.approx(plain["loss"])}
+    probs = modelops.predict(task, initial, test_set.images, tta=True)
+    again = classification_metrics(probs, test_set.labels, task.classes)
+    assert tta["accuracy"] == again["accuracy"] and tta["loss"] == pytest.approx(again["loss"])
+    assert tta["num_examples"] == plain["num_examples"] == 16

@@ -236,3 +236,83 @@ def test_fedlc_and_dp_sgd_together_are_refused(three_classes):
     set_exchanged(trainer.model, w0)
     with pytest.raises(UnsupportedConfig, match="FedLC"):
         trainer.fit(IMAGES, LABELS, sgd(logit_calibration_tau=1.0, dp_clip_norm=1.0), seed=1, num_classes=3)
+
+
+# ----------------------------------------------------------------- per-step rates, weight averaging, TTA
+
+def test_step_learning_rates_replace_the_configured_rate(runner_nodrop):
+    cfg = sgd(batch_size=4)  # 4 steps at 0.1
+    plain, _ = runner_nodrop.delta(cfg)
+    same, _ = runner_nodrop.delta(cfg, step_learning_rates=[0.1] * 4)
+    np.testing.assert_array_equal(same, plain)
+    # the last entry holds for later steps: [0.1] == [0.1] * 4
+    np.testing.assert_array_equal(runner_nodrop.delta(cfg, step_learning_rates=[0.1])[0], plain)
+    tiny, _ = runner_nodrop.delta(cfg, step_learning_rates=[1e-9])
+    assert np.abs(tiny).max() < 1e-6 < np.abs(plain).max()
+    # only the first step at 0.1, then (almost) nothing: the change is one SGD step's
+    one, _ = runner_nodrop.delta(sgd(batch_size=4, max_steps_per_epoch=1))
+    first, _ = runner_nodrop.delta(cfg, step_learning_rates=[0.1, 1e-9])
+    np.testing.assert_allclose(first, one, atol=1e-6)
+    for bad in ([], [0.1, 0.0], [float("nan")]):
+        with pytest.raises(ValueError, match="step_learning_rates"):
+            runner_nodrop.delta(cfg, step_learning_rates=bad)
+
+
+def test_moving_average_follows_its_definition_step_by_step():
+    model = build_model("cnn", 2, SIZE, seed=0)
+    model.get_layer("dropout").rate = 0.0
+    decay = 0.9
+    trainer = LocalTrainer(model, ema_decay=decay)
+    cfg = sgd(batch_size=4, max_steps_per_epoch=1)
+    average = [v.numpy().astype(np.float64) for v in model.trainable_variables]  # starts at the initial weights
+    for t in range(1, 6):
+        trainer.fit(IMAGES, LABELS, cfg, seed=t, num_classes=2, reset_optimizer=False)
+        d = min(decay, (1 + t) / (10 + t))  # 0.18, 0.25, ... then capped at 0.9
+        average = [d * a + (1 - d) * v.numpy() for a, v in zip(average, model.trainable_variables)]
+    assert trainer.ema_updates == 5
+    trained = [v.numpy().copy() for v in model.trainable_variables]
+    with trainer.averaged() as m:
+        assert m is model
+        for v, a in zip(model.trainable_variables, average):
+            np.testing.assert_allclose(v.numpy(), a, rtol=1e-5, atol=1e-6)
+        assert not all(np.allclose(v.numpy(), w) for v, w in zip(model.trainable_variables, trained))
+    # the trained weights are back after the block
+    for v, w in zip(model.trainable_variables, trained):
+        np.testing.assert_array_equal(v.numpy(), w)
+
+
+def test_without_moving_average_averaged_is_the_model_itself(runner):
+    assert runner.trainer.ema_updates == 0
+    before = [v.numpy().copy() for v in runner.trainer.model.trainable_variables]
+    with runner.trainer.averaged() as m:
+        assert m is runner.trainer.model
+        for v, w in zip(m.trainable_variables, before):
+            np.testing.assert_array_equal(v.numpy(), w)
+    with pytest.raises(ValueError, match="ema_decay"):
+        LocalTrainer(runner.trainer.model, ema_decay=1.0)
+
+
+def test_dihedral_views_and_rotation_invariant_tta(runner):
+    from hemafed.training import dihedral_views
+
+    x = RNG.uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
+    views = dihedral_views(x)
+    assert len(views) == 8 and np.array_equal(views[0], x)
+    # 8 different images of the same pixels, and every symmetry of the square among them
+    assert len({v.tobytes() for v in views}) == 8
+    assert all(np.array_equal(np.sort(v, axis=None), np.sort(x, axis=None)) for v in views)
+    as_bytes = {v.tobytes() for v in views}
+    assert np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))).tobytes() in as_bytes
+    assert np.ascontiguousarray(x[:, ::-1]).tobytes() in as_bytes  # an up-down mirror too
+    with pytest.raises(ValueError, match="square"):
+        dihedral_views(x[:, :, :-1])
+    trainer = runner.trainer
+    plain = trainer.predict(x)
+    per_view = trainer.predict_views(x)
+    np.testing.assert_allclose(per_view[0], plain, rtol=1e-6)
+    tta = trainer.predict(x, tta=True)
+    np.testing.assert_allclose(tta, np.mean(per_view, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-5)
+    # the mean over all 8 views does not change when the image is turned or mirrored
+    np.testing.assert_allclose(trainer.predict(np.rot90(x, 1, axes=(1, 2)), tta=True), tta, atol=1e-6)
+    np.testing.assert_allclose(trainer.predict(np.ascontiguousarray(x[:, :, ::-1]), tta=True), tta, atol=1e-6)

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from hemafed.report import classification_metrics, classification_report, write_report_files
+from hemafed.report import (classification_metrics, classification_report, tta_report,
+                            write_report_files)
 from hemafed.schemas import TaskSpec
 
 __all__ = ["classification_report", "evaluate_on_test", "export_saved_model", "initial_weights", "load_test_set", "predict", "save_keras"]
@@ -48,14 +49,19 @@ def load_test_set(task: TaskSpec, test_dir: Path):
     return load(test_dir, task.image_size, task.classes)
 
 
-def predict(task: TaskSpec, weights: list[np.ndarray], images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N x K) of the model ``task`` describes with ``weights``."""
+def _trainer(task: TaskSpec, weights: list[np.ndarray]):
     from hemafed.models import set_exchanged
     from hemafed.training import LocalTrainer
 
     model = _build(task)
     set_exchanged(model, weights, local_norm=task.local_norm)
-    return LocalTrainer(model).predict(images)
+    return LocalTrainer(model)
+
+
+def predict(task: TaskSpec, weights: list[np.ndarray], images: np.ndarray, *, tta: bool = False) -> np.ndarray:
+    """Class probabilities (N x K) of the model ``task`` describes with ``weights`` (``tta``: the
+    mean over the 8 dihedral views)."""
+    return _trainer(task, weights).predict(images, tta=tta)
 
 
 def export_saved_model(keras_path: Path, out_dir: Path) -> dict[str, Any]:
@@ -79,15 +85,22 @@ def export_saved_model(keras_path: Path, out_dir: Path) -> dict[str, Any]:
 
 
 def evaluate_on_test(task: TaskSpec, weights: list[np.ndarray], test_dir: Path, out_dir: Path | None = None,
-                     *, test_set=None, title: str = "") -> dict[str, Any]:
+                     *, test_set=None, title: str = "", tta: bool = False) -> dict[str, Any]:
     """Every figure of :func:`hemafed.report.classification_metrics` on the test set (loss,
     accuracy, macro precision/recall/F1/specificity/AUC, per-class table, confusion matrix) plus
     ``skipped_files``; with ``out_dir``, also its CSV/PNG files (:data:`hemafed.report.REPORT_FILES`).
-    ``test_set``: an already loaded :func:`load_test_set` (several models, one read)."""
+    ``test_set``: an already loaded :func:`load_test_set` (several models, one read). ``tta``: the
+    figures are of the mean over the 8 dihedral views, and ``test_time_augmentation`` holds the
+    single-view ones (else it is ``None``)."""
     ts = test_set if test_set is not None else load_test_set(task, test_dir)
-    probs = predict(task, weights, ts.images)
+    trainer, tta_entry = _trainer(task, weights), None
+    if tta:
+        probs, tta_entry = tta_report(trainer.predict_views(ts.images), ts.labels, task.classes)
+    else:
+        probs = trainer.predict(ts.images)
     rep = classification_metrics(probs, ts.labels, task.classes)
     rep["skipped_files"] = int(ts.skipped)
+    rep["test_time_augmentation"] = tta_entry
     if out_dir is not None:
         rep["files"] = write_report_files(out_dir, rep, probs, ts.labels, ts.files, title=title)
     return rep

@@ -142,7 +142,7 @@ async def local_vs_federated(server: FederatedServer, best: Weights, initial: We
             log.warning("local baseline of %s failed: %s", client.id, row["message"])
         else:
             test = await asyncio.to_thread(modelops.evaluate_on_test, task, res.weights, server.test_dir,
-                                           test_set=test_set)
+                                           test_set=test_set, tta=cfg.tta)
             row.update(num_train=res.num_examples, local_best_round=int(res.metrics.get("best_round", 0)),
                        local_fit_seconds=res.metrics.get("fit_seconds"),
                        local_val_accuracy=res.metrics.get("local_val_accuracy"),
@@ -173,7 +173,7 @@ async def final_report(server: FederatedServer, best: Weights) -> dict[str, Any]
     test_set = await asyncio.to_thread(modelops.load_test_set, task, server.test_dir)
     results = await asyncio.to_thread(
         modelops.evaluate_on_test, task, best, server.test_dir, run_dir, test_set=test_set,
-        title=f"{cfg.run_id}: {server.strategy.name}, best round {server.state.best_round}")
+        title=f"{cfg.run_id}: {server.strategy.name}, best round {server.state.best_round}", tta=cfg.tta)
     results.update(strategy=server.strategy.name, run_id=cfg.run_id, best_round=server.state.best_round,
                    timing=train_time, communication=communication(server, initial, params))
     if cfg.baseline_run:

@@ -107,6 +107,9 @@ class RunConfig(BaseSettings):
     #: run id of a centralized baseline (``make central``) on the same data, in OUTPUT_DIR: the
     #: report adds the wall-time reduction against it ('' = none)
     baseline_run: str = Field("", pattern=r"^[A-Za-z0-9_.\-]{0,64}$")
+    #: test-time augmentation in the final test report: each test image's prediction is the mean
+    #: over its 8 dihedral views (the single-view figures are reported beside)
+    tta: bool = False
     split: str = ""
     dataset: str = ""
 

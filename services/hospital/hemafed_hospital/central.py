@@ -12,10 +12,14 @@ profile ``central``, run with the hospital image)::
 * Training: ``EPOCHS`` (default ``ROUNDS x LOCAL_EPOCHS``, the federation's budget per hospital)
   epochs with the hospitals' trainer, augmentation, optimizer, batch size and class weighting;
   unlike a federated round, the optimizer keeps its state from epoch to epoch (one continuous
-  centralized training); ``LR_SCHEDULE=cosine`` decays the rate by epoch (:mod:`hemafed.lr`).
+  centralized training); ``LR_SCHEDULE=cosine`` decays the rate by epoch (:mod:`hemafed.lr`),
+  ``LR_WARMUP_EPOCHS=n`` ramps it up linearly step by step over the first n epochs.
+  ``EMA_DECAY=d`` (e.g. 0.998) keeps an exponential moving average of the weights; then the
+  averaged weights are the ones validated, kept and tested (Polyak averaging).
   The best epoch by validation accuracy is kept (the federation keeps its best round by
   validation, never by the test set).
-* Report: the best model on ``DATA_ROOT/test`` with :mod:`hemafed.report` (the same files as a
+* Report: the best model on ``DATA_ROOT/test`` (``TTA=true``: each test image's prediction is
+  the mean over its 8 dihedral views, and the single-view figures are reported beside) with :mod:`hemafed.report` (the same files as a
   federated run: ``test_results.json`` with ``timing``, ``confusion_matrix.csv/.png``,
   ``per_class.csv``, ``per_image.csv``), ``best.keras`` / ``final.keras`` + JSON, ``run.json``.
 * Metrics: reported as a run with strategy ``centralized``, one "round" per epoch (hospital
@@ -43,7 +47,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
-from hemafed.lr import LrSchedule, learning_rate_at
+from hemafed.lr import LrSchedule, learning_rate_at, warmup_rates
 from hemafed.reporting import MetricsReporter
 from hemafed.schemas import (
     FitConfig,
@@ -96,6 +100,12 @@ class CentralSettings(ServiceSettings):
     #: learning rate per epoch (hemafed.lr): constant | cosine, decaying to LR_MIN_FRACTION x LEARNING_RATE
     lr_schedule: LrSchedule = "constant"
     lr_min_fraction: float = Field(0.0, ge=0, le=1)
+    #: linear warm-up of the rate, step by step, over the first epochs (0: none)
+    lr_warmup_epochs: int = Field(0, ge=0, le=1000)
+    #: exponential moving average of the weights (0: none); the averaged weights are validated and kept
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    #: test-time augmentation: the test prediction is the mean over the 8 dihedral views
+    tta: bool = False
     augment: bool = True
     class_weighting: bool = False
     max_steps_per_epoch: int = Field(0, ge=0)
@@ -233,7 +243,10 @@ class CentralRun:
         config = FitConfig(local_epochs=1, batch_size=s.batch_size, learning_rate=s.learning_rate,
                            optimizer=s.optimizer, augment=s.augment, class_weighting=s.class_weighting,
                            max_steps_per_epoch=s.max_steps_per_epoch)
-        trainer, params = await asyncio.to_thread(_build, task)
+        trainer, params = await asyncio.to_thread(_build, task, s.ema_decay)
+        steps_per_epoch = -(-len(data.y_train) // s.batch_size)
+        if s.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, s.max_steps_per_epoch)
         epochs = s.total_epochs
         await self.reporter.create_run(RunCreate(
             id=s.run_id, rounds_total=epochs, clients=1, split=s.split, model=s.model, dataset=s.dataset,
@@ -250,13 +263,15 @@ class CentralRun:
             self.state["round"] = epoch
             t0 = time.perf_counter()
             lr = learning_rate_at(s.learning_rate, epoch, epochs, s.lr_schedule, s.lr_min_fraction)
+            rates = warmup_rates(lr, epoch, s.lr_warmup_epochs, steps_per_epoch)
             res, val = await asyncio.to_thread(_epoch, trainer, data, config.model_copy(update={"learning_rate": lr}),
-                                               s.seed * 100_003 + epoch * 101)
+                                               s.seed * 100_003 + epoch * 101, rates)
             duration = time.perf_counter() - t0
             train_seconds += duration
             if self.state["best_val_accuracy"] is None or val.accuracy >= self.state["best_val_accuracy"]:
                 self.state.update(best_val_accuracy=val.accuracy, best_round=epoch)
-                best_weights = [w.copy() for w in trainer.model.get_weights()]
+                with trainer.averaged() as model:
+                    best_weights = [w.copy() for w in model.get_weights()]
             entry = RoundCreate(
                 round=epoch,
                 global_=GlobalRoundMetrics(val_accuracy_median=val.accuracy, val_accuracy_mean=val.accuracy,
@@ -266,14 +281,17 @@ class CentralRun:
                     train_accuracy=res.train_accuracy, num_examples=res.num_examples, fit_seconds=res.seconds,
                     update_bytes=0)},
                 duration_seconds=duration,
-                report={"epoch": epoch, "steps": res.steps, "learning_rate": lr},
+                report={"epoch": epoch, "steps": res.steps, "learning_rate": lr,
+                        **({"warmup_learning_rates": [rates[0], rates[min(res.steps, len(rates)) - 1]]} if rates else {}),
+                        **({"ema_updates": trainer.ema_updates} if s.ema_decay else {})},
             )
             self.state["rounds"].append(entry.model_dump(mode="json", by_alias=True))
             self._write_state()
             await self.reporter.report_round(s.run_id, entry)
             log.info("epoch %d/%d (lr %.2e): train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)", epoch,
                      epochs, lr, res.train_loss, res.train_accuracy, val.loss, val.accuracy, duration)
-        final_weights = trainer.model.get_weights()
+        with trainer.averaged() as model:
+            final_weights = model.get_weights()
         self.state["status"] = "evaluating"
         wall = time.time() - self.state["started_at"]
         results = await asyncio.to_thread(self._finish, trainer, task, best_weights, final_weights)
@@ -304,7 +322,7 @@ class CentralRun:
     def _finish(self, trainer, task: TaskSpec, best_weights, final_weights) -> dict[str, Any]:
         from hemafed.data.testset import load_test_set
         from hemafed.models import save_model
-        from hemafed.report import classification_metrics, write_report_files
+        from hemafed.report import classification_metrics, tta_report, write_report_files
 
         meta = {"run_id": self.s.run_id, "strategy": STRATEGY, "task": task.model_dump(mode="json"),
                 "best_round": self.state["best_round"], "best_val_accuracy": self.state["best_val_accuracy"],
@@ -316,29 +334,36 @@ class CentralRun:
         save_model(trainer.model, self.run_dir / "best.keras")
         (self.run_dir / "best.json").write_text(json.dumps({**meta, "kind": "best"}, indent=2))
         ts = load_test_set(self.s.test_path, task.image_size, task.classes)
-        probs = trainer.predict(ts.images)
+        tta = None
+        if self.s.tta:
+            probs, tta = tta_report(trainer.predict_views(ts.images), ts.labels, task.classes)
+        else:
+            probs = trainer.predict(ts.images)
         rep = classification_metrics(probs, ts.labels, task.classes)
         rep["skipped_files"] = int(ts.skipped)
+        rep["weights"] = f"moving average (decay {self.s.ema_decay})" if self.s.ema_decay else "trained"
+        rep["test_time_augmentation"] = tta
         rep["files"] = write_report_files(self.run_dir, rep, probs, ts.labels, ts.files,
                                           title=f"{self.s.run_id}: centralized, best epoch {self.state['best_round']}")
         return rep
 
 
-def _build(task: TaskSpec):
+def _build(task: TaskSpec, ema_decay: float = 0.0):
     from hemafed.models import build_for_task, count_params
     from hemafed.training import LocalTrainer
 
     model = build_for_task(task)
-    return LocalTrainer(model), count_params(model)
+    return LocalTrainer(model, ema_decay=ema_decay), count_params(model)
 
 
-def _epoch(trainer, data: PooledData, config: FitConfig, seed: int):
+def _epoch(trainer, data: PooledData, config: FitConfig, seed: int, rates: list[float] | None = None):
     from hemafed.training import evaluate
 
     # one optimizer run across epochs: Adam's moments carry over (a hospital resets them each round)
     res = trainer.fit(data.x_train, data.y_train, config, seed=seed, num_classes=len(data.classes),
-                      reset_optimizer=False)
-    return res, evaluate(trainer, data.x_val, data.y_val, len(data.classes))
+                      reset_optimizer=False, step_learning_rates=rates)
+    with trainer.averaged():  # the weights that are kept: the moving average where there is one
+        return res, evaluate(trainer, data.x_val, data.y_val, len(data.classes))
 
 
 async def run_central(settings: CentralSettings, http: httpx.AsyncClient | None = None,
