@@ -521,6 +521,8 @@ class RunResult:
     best_val: float | None = None
     test_accuracy: float | None = None
     macro_f1: float | None = None
+    #: with test-time augmentation (TTA=true) test_accuracy is the 8-view mean's; this the single view's
+    test_accuracy_single_view: float | None = None
     wall_seconds: float | None = None
     train_seconds: float | None = None
     bytes_per_round: float | None = None
@@ -592,6 +594,9 @@ def collect(run: PlannedRun, results_dir: Path, record: dict[str, Any] | None) -
             res.best_val, res.best_round = max(vals, key=lambda t: (t[0], t[1]))
     res.test_accuracy = _num(test.get("accuracy"))
     res.macro_f1 = _num(test.get("macro_f1"))
+    tta = test.get("test_time_augmentation")
+    if isinstance(tta, dict) and isinstance(tta.get("single_view"), dict):
+        res.test_accuracy_single_view = _num(tta["single_view"].get("accuracy"))
     started, finished = _num(state.get("started_at")), _num(state.get("finished_at"))
     if started is not None and finished is not None:
         res.train_seconds = finished - started
@@ -614,7 +619,8 @@ def _settings_text(varied: dict[str, Any]) -> str:
 
 
 CSV_COLUMNS = ["scenario", "seed", "run_id", "kind", "engine", "status", "settings", "best_round", "best_val",
-               "test_accuracy", "macro_f1", "wall_seconds", "train_seconds", "bytes_per_round", "message"]
+               "test_accuracy", "macro_f1", "test_accuracy_single_view", "wall_seconds", "train_seconds",
+               "bytes_per_round", "message"]
 
 
 def write_results(cfg: ExperimentConfig, results: list[RunResult], out: Path, *, base_note: str = "") -> None:
@@ -627,7 +633,8 @@ def write_results(cfg: ExperimentConfig, results: list[RunResult], out: Path, *,
             w.writerow([r.scenario, r.seed, r.run_id, r.kind, r.engine, r.status, _settings_text(r.varied),
                         r.best_round if r.best_round is not None else "", _fmt(r.best_val),
                         _fmt(r.test_accuracy),
-                        _fmt(r.macro_f1), _fmt(r.wall_seconds, 1), _fmt(r.train_seconds, 1),
+                        _fmt(r.macro_f1), _fmt(r.test_accuracy_single_view), _fmt(r.wall_seconds, 1),
+                        _fmt(r.train_seconds, 1),
                         _fmt(r.bytes_per_round, 0), r.message])
     with (out / "accuracy_per_round.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -659,7 +666,7 @@ def markdown(cfg: ExperimentConfig, results: list[RunResult], base_note: str = "
         status = r.status if r.status != "failed" else f"failed: {r.message[:80]}"
         lines.append(f"| {r.scenario} | {r.seed} | {_settings_text(r.varied).replace('|', '/')} | "
                      f"{status.replace('|', '/')} | {_fmt(r.best_round)} | {_fmt(r.best_val)} | "
-                     f"{_fmt(r.test_accuracy)} | {_fmt(r.macro_f1)} | {_fmt(r.wall_seconds, 0)} | "
+                     f"{_test_cell(r)} | {_fmt(r.macro_f1)} | {_fmt(r.wall_seconds, 0)} | "
                      f"{_fmt(r.train_seconds, 0)} | {mb} |")
     if len(cfg.seeds) > 1:
         lines += ["", "Mean ± standard deviation over seeds (finished runs):", "",
@@ -672,6 +679,13 @@ def markdown(cfg: ExperimentConfig, results: list[RunResult], base_note: str = "
     lines += ["", "Accuracy per round: `accuracy_per_round.png` / `.csv`; each run's files: "
               "`results/<run id>/`.", ""]
     return "\n".join(lines)
+
+
+def _test_cell(r: RunResult) -> str:
+    """The test accuracy; with test-time augmentation, the single view's beside it."""
+    if r.test_accuracy_single_view is None:
+        return _fmt(r.test_accuracy)
+    return f"{_fmt(r.test_accuracy)} (8-view TTA; 1 view {_fmt(r.test_accuracy_single_view)})"
 
 
 def _by_scenario(results: list[RunResult]) -> dict[str, list[RunResult]]:

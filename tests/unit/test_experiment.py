@@ -526,3 +526,23 @@ def test_a_run_config_as_the_aggregator_records_it_matches_the_shipped_settings(
             recorded = from_values(RunConfig, values).model_dump(mode="json")
             recorded["strategy"] = {"name": recorded["strategy"], "weighted": True}
             assert ex.unforwarded(run, recorded) == [], run.run_id
+
+
+def test_a_run_with_test_time_augmentation_shows_both_accuracies(tmp_path):
+    c = cfg(scenarios=[{"name": "tta", "settings": {"tta": True}}])
+    fake = FakeCommands(tmp_path, {"exp-tta-0": {"run": {"test_acc": 0.96}}})
+    runner = ex.Runner(c, tmp_path, run_command=fake, out=lambda line: None)
+    d = tmp_path / "exp-tta-0"
+    results = runner.run(ex.expand(c))
+    assert results[0].test_accuracy_single_view is None  # no TTA entry in its report
+    test = json.loads((d / "test_results.json").read_text())
+    test["test_time_augmentation"] = {"views": 8, "single_view": {"accuracy": 0.95, "macro_f1": 0.9, "loss": 0.2}}
+    (d / "test_results.json").write_text(json.dumps(test))
+    [res] = [ex.collect(run, tmp_path, None) for run in ex.expand(c)]
+    assert (res.test_accuracy, res.test_accuracy_single_view) == (0.96, 0.95)
+    out = tmp_path / "out"
+    ex.write_results(c, [res], out)
+    with (out / "results.csv").open() as f:
+        [row] = list(csv.DictReader(f))
+    assert (row["test_accuracy"], row["test_accuracy_single_view"]) == ("0.9600", "0.9500")
+    assert "| 0.9600 (8-view TTA; 1 view 0.9500) |" in (out / "results.md").read_text()
