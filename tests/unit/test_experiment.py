@@ -477,7 +477,7 @@ def test_report_only_rewrites_tables_from_existing_results(tmp_path):
 
 SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
-    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (5, {"stack"}),
+    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (6, {"stack"}),
     "dp-client-level": (3, {"simulation"}),
     "label-skew": (13, {"simulation", "stack"}),  # federated rows simulated, centralized rows on the stack
 }
