@@ -129,6 +129,19 @@ def test_the_card_holds_every_fact_of_the_run(tmp_path, task):
     assert "client-level DP at the aggregator: on (strategy `dp_fedavg`" in md and "epsilon 1.500" in md
     assert "`saved_model/` (TF SavedModel, endpoint `serve`" in md
     assert "best round: 2 (median validation accuracy 0.6600)" in md
+    assert "test_time_augmentation" not in test and "test-time augmentation" not in md
+
+
+def test_a_test_time_augmented_score_says_so_with_the_single_view_figures(tmp_path, task):
+    run_dir = _run_dir(tmp_path, task)
+    tta = {"views": 8, "kind": "mean softmax", "single_view": {"accuracy": 0.65, "macro_f1": 0.6, "loss": 0.95}}
+    export_run(run_dir, run=_run_cfg(), task=task, state=_state({**TEST, "test_time_augmentation": tta}), hospital_data=HOSPITAL_DATA, strategy=STRATEGY)
+    card = json.loads((run_dir / "model_card.json").read_text())
+    assert card["evaluation"]["test"]["test_time_augmentation"] == tta
+    assert card["evaluation"]["test"]["accuracy"] == 0.7
+    md = (run_dir / "model_card.md").read_text()
+    assert ("test-time augmentation: the mean over 8 views of each test image. One view (the image as it is): "
+            "accuracy 0.6500, macro_f1 0.6000.") in md
 
 
 def test_no_test_set_and_no_dp_are_said_plainly(tmp_path, task):

@@ -85,6 +85,8 @@ def test_summary(test_results: dict[str, Any] | None) -> dict[str, Any] | None:
                            if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if isinstance(test_results.get("per_class"), dict):
         out["per_class"] = test_results["per_class"]
+    if isinstance(test_results.get("test_time_augmentation"), dict):  # the figures are of a multi-view mean
+        out["test_time_augmentation"] = test_results["test_time_augmentation"]
     return out
 
 
@@ -225,8 +227,14 @@ def render_markdown(card: dict[str, Any]) -> str:
     if test is None:
         lines.append("No test set was mounted: the model was not scored on held-out data.")
     else:
-        scalars = [(k, v) for k, v in test.items() if k != "per_class"]
+        scalars = [(k, v) for k, v in test.items() if k not in ("per_class", "test_time_augmentation")]
         lines += [", ".join(f"{k} {_fmt(v)}" for k, v in scalars) + ".", ""]
+        tta = test.get("test_time_augmentation")
+        if tta:
+            single = tta.get("single_view") or {}
+            lines += [f"These figures are of test-time augmentation: the mean over {tta.get('views')} views of "
+                      f"each test image. One view (the image as it is): accuracy {_fmt(single.get('accuracy'))}, "
+                      f"macro_f1 {_fmt(single.get('macro_f1'))}.", ""]
         per_class = test.get("per_class") or {}
         metrics = [k for k in ("precision", "recall", "f1", "specificity", "support")
                    if any(k in v for v in per_class.values())]
