@@ -526,6 +526,8 @@ class RunResult:
     wall_seconds: float | None = None
     train_seconds: float | None = None
     bytes_per_round: float | None = None
+    #: test accuracy per data source of the test images (hemafed.report.per_source_metrics)
+    test_by_source: dict[str, float] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
 
@@ -597,6 +599,7 @@ def collect(run: PlannedRun, results_dir: Path, record: dict[str, Any] | None) -
     tta = test.get("test_time_augmentation")
     if isinstance(tta, dict) and isinstance(tta.get("single_view"), dict):
         res.test_accuracy_single_view = _num(tta["single_view"].get("accuracy"))
+    res.test_by_source = _by_source(test, d / "per_image.csv")
     started, finished = _num(state.get("started_at")), _num(state.get("finished_at"))
     if started is not None and finished is not None:
         res.train_seconds = finished - started
@@ -604,6 +607,31 @@ def collect(run: PlannedRun, results_dir: Path, record: dict[str, Any] | None) -
     # a centralized run sends nothing: its "rounds" are epochs
     res.bytes_per_round = statistics.mean(sent) if sent and run.kind != "central" else None
     return res
+
+
+def _by_source(test: dict[str, Any], per_image: Path) -> dict[str, float]:
+    """Test accuracy per source: the report's ``per_source``, or for a run scored before reports had
+    it, the same figures from its ``per_image.csv`` (file, top-1 class, true class)."""
+    per_source = test.get("per_source")
+    if not isinstance(per_source, dict) and isinstance(test.get("classes"), list) and per_image.is_file():
+        from hemafed.report import per_source_metrics
+
+        index = {c: i for i, c in enumerate(test["classes"])}
+        try:
+            with per_image.open(newline="") as f:
+                rows = [(r["file"], index[r["true"]], index[r["top1"]]) for r in csv.DictReader(f)]
+            per_source = per_source_metrics([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                            test["classes"]) if rows else None
+        except (OSError, KeyError, ValueError):
+            per_source = None
+    if not isinstance(per_source, dict):
+        return {}
+    out = {str(k): _num(v.get("accuracy")) for k, v in per_source.items() if isinstance(v, dict)}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _source_text(by_source: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in by_source.items())
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -620,7 +648,7 @@ def _settings_text(varied: dict[str, Any]) -> str:
 
 CSV_COLUMNS = ["scenario", "seed", "run_id", "kind", "engine", "status", "settings", "best_round", "best_val",
                "test_accuracy", "macro_f1", "test_accuracy_single_view", "wall_seconds", "train_seconds",
-               "bytes_per_round", "message"]
+               "bytes_per_round", "test_accuracy_by_source", "message"]
 
 
 def write_results(cfg: ExperimentConfig, results: list[RunResult], out: Path, *, base_note: str = "") -> None:
@@ -635,7 +663,7 @@ def write_results(cfg: ExperimentConfig, results: list[RunResult], out: Path, *,
                         _fmt(r.test_accuracy),
                         _fmt(r.macro_f1), _fmt(r.test_accuracy_single_view), _fmt(r.wall_seconds, 1),
                         _fmt(r.train_seconds, 1),
-                        _fmt(r.bytes_per_round, 0), r.message])
+                        _fmt(r.bytes_per_round, 0), _source_text(r.test_by_source), r.message])
     with (out / "accuracy_per_round.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["scenario", "seed", "run_id", "round", "val_accuracy_median", "val_accuracy_mean",
@@ -658,16 +686,22 @@ def markdown(cfg: ExperimentConfig, results: list[RunResult], base_note: str = "
               f"Seeds: {', '.join(map(str, cfg.seeds))}.", ""]
     if base_note:
         lines += [base_note, ""]
+    # a test set drawn from several sources gets a column per source: a small hospital's images can
+    # be served badly while the whole test set, dominated by a large one, scores well
+    sources = sorted({k for r in results for k in r.test_by_source})
+    if len(sources) < 2:
+        sources = []
     lines += ["| scenario | seed | settings | status | best round | best val (median) | test accuracy "
-              "| macro F1 | wall (s) | train (s) | MB/round |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| macro F1 | wall (s) | train (s) | MB/round |" + "".join(f" test: {s} |" for s in sources),
+              "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sources)]
     for r in results:
         mb = _fmt(r.bytes_per_round / 1e6, 2) if r.bytes_per_round is not None else ""
         status = r.status if r.status != "failed" else f"failed: {r.message[:80]}"
         lines.append(f"| {r.scenario} | {r.seed} | {_settings_text(r.varied).replace('|', '/')} | "
                      f"{status.replace('|', '/')} | {_fmt(r.best_round)} | {_fmt(r.best_val)} | "
                      f"{_test_cell(r)} | {_fmt(r.macro_f1)} | {_fmt(r.wall_seconds, 0)} | "
-                     f"{_fmt(r.train_seconds, 0)} | {mb} |")
+                     f"{_fmt(r.train_seconds, 0)} | {mb} |" + "".join(f" {_fmt(r.test_by_source.get(s))} |"
+                                                                   for s in sources))
     if len(cfg.seeds) > 1:
         lines += ["", "Mean ± standard deviation over seeds (finished runs):", "",
                   "| scenario | runs | test accuracy | macro F1 | best val |", "|---|---|---|---|---|"]

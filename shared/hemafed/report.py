@@ -8,6 +8,9 @@ so every run's results directory has the same files:
   (precision, recall, F1, specificity, AUC, support) and the confusion matrix (rows = true class,
   columns = predicted).
 * :func:`classification_report` - the same figures that need only a confusion matrix.
+* :func:`per_source_metrics` - accuracy and macro F1 per data source of the test images (the
+  ``<source>__`` prefix of their file names, :mod:`hemafed.data.split`): a small hospital's images
+  can be served badly while a test set dominated by a large one scores well.
 * :func:`write_report_files` - ``confusion_matrix.csv``, ``confusion_matrix.png``, ``per_class.csv``
   and ``per_image.csv`` (file, top-1 class and score, top-2 class and score, true class: the
   thesis' Table 12).
@@ -34,6 +37,8 @@ __all__ = [
     "confusion_matrix",
     "cross_entropy",
     "one_vs_rest_auc",
+    "per_source_metrics",
+    "source_of",
     "top_k",
     "write_confusion_csv",
     "write_confusion_png",
@@ -154,6 +159,39 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Seque
         **rep,
         "macro_auc": float(np.mean(defined)) if defined else None,
     }
+
+
+def source_of(file_name: str) -> str | None:
+    """The data source of a test image from its file name, ``<source>__<class>__<file>`` or
+    ``<source>__<id>.png`` (:mod:`hemafed.data.split`); ``None`` for a name without the prefix."""
+    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    source, sep, rest = base.partition("__")
+    return source if sep and source and rest else None
+
+
+def per_source_metrics(files: Sequence[str], labels: Sequence[int], predicted: Sequence[int],
+                       classes: Sequence[str]) -> dict[str, dict[str, Any]] | None:
+    """``{source: {num_examples, accuracy, macro_recall, macro_f1}}`` over the test images of each
+    source (``labels`` / ``predicted``: true and top-1 class indices; macro figures over the classes
+    that source has test images of), sources in name order; ``None`` when any file name carries no
+    source prefix (the figures would not add up to the test set)."""
+    y, pred = np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    if not len(files) == len(y) == len(pred):
+        raise ValueError(f"{len(files)} file names, {len(y)} labels and {len(pred)} predictions")
+    k = len(classes)
+    if len(y) and (min(y.min(), pred.min()) < 0 or max(y.max(), pred.max()) >= k):
+        raise ValueError(f"class indices must be in [0, {k})")
+    sources = [source_of(f) for f in files]
+    if not sources or any(s is None for s in sources):
+        return None
+    src = np.asarray(sources)
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(sources)):
+        mask = src == name
+        rep = classification_report(confusion_matrix(y[mask], pred[mask], k), classes)
+        out[name] = {"num_examples": int(mask.sum()), "accuracy": rep["accuracy"],
+                     "macro_recall": rep["macro_recall"], "macro_f1": rep["macro_f1"]}
+    return out
 
 
 #: what ``tta=True`` means in a report (hemafed.training.dihedral_views)

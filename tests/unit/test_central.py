@@ -183,6 +183,7 @@ async def test_warmup_moving_average_and_test_time_augmentation(mounts, tmp_path
     out = tmp_path / "results" / "central-t"
     test = json.loads((out / "test_results.json").read_text())
     assert test["weights"] == "moving average (decay 0.9)"
+    assert test["per_source"] is None  # the synthetic test images carry no source prefix
     tta = test["test_time_augmentation"]
     assert tta["views"] == 8 and set(tta["single_view"]) == {"accuracy", "macro_f1", "loss"}
     assert 0.0 <= tta["single_view"]["accuracy"] <= 1.0

@@ -479,7 +479,8 @@ SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
     "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (6, {"stack"}),
     "dp-client-level": (3, {"simulation"}),
-    "label-skew": (13, {"simulation", "stack"}),  # federated rows simulated, centralized rows on the stack
+    "label-skew": (13, {"simulation", "stack"}),
+    "thesis-source": (2, {"stack"}),  # federated rows simulated, centralized rows on the stack
 }
 
 
@@ -546,3 +547,43 @@ def test_a_run_with_test_time_augmentation_shows_both_accuracies(tmp_path):
         [row] = list(csv.DictReader(f))
     assert (row["test_accuracy"], row["test_accuracy_single_view"]) == ("0.9600", "0.9500")
     assert "| 0.9600 (8-view TTA; 1 view 0.9500) |" in (out / "results.md").read_text()
+
+
+def test_a_test_set_of_several_sources_gets_a_column_per_source(tmp_path):
+    c = cfg(scenarios=[{"name": "iid", "settings": {"split": "iid"}}, {"name": "src", "settings": {"split": "source"}}])
+    fake = FakeCommands(tmp_path)
+    ex.Runner(c, tmp_path, run_command=fake, out=lambda line: None).run(ex.expand(c))
+    # a report with per_source, as the aggregator writes it now
+    d = tmp_path / "exp-iid-0"
+    test = json.loads((d / "test_results.json").read_text())
+    test["per_source"] = {"bccd": {"num_examples": 4, "accuracy": 0.25, "macro_recall": 0.2, "macro_f1": 0.1},
+                          "pbc": {"num_examples": 96, "accuracy": 0.9, "macro_recall": 0.9, "macro_f1": 0.9}}
+    (d / "test_results.json").write_text(json.dumps(test))
+    # a report from before per_source existed: the figures come from its per_image.csv
+    d = tmp_path / "exp-src-0"
+    test = json.loads((d / "test_results.json").read_text())
+    test["classes"] = ["a", "b"]
+    (d / "test_results.json").write_text(json.dumps(test))
+    (d / "per_image.csv").write_text(
+        "file,top1,top1_score,top2,top2_score,true\n"
+        "a/pbc__a__1.jpg,a,0.9,b,0.1,a\n" "b/pbc__b__2.jpg,a,0.6,b,0.4,b\n"
+        "a/bccd__a__3.jpg,a,0.7,b,0.3,a\n")
+    results = [ex.collect(run, tmp_path, None) for run in ex.expand(c)]
+    assert results[0].test_by_source == {"bccd": 0.25, "pbc": 0.9}
+    assert results[1].test_by_source == {"bccd": 1.0, "pbc": 0.5}
+    out = tmp_path / "out"
+    ex.write_results(c, results, out)
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["test_accuracy_by_source"] for r in rows] == ["bccd=0.2500 pbc=0.9000", "bccd=1.0000 pbc=0.5000"]
+    md = (out / "results.md").read_text()
+    assert "| MB/round | test: bccd | test: pbc |" in md
+    assert "| 0.2500 | 0.9000 |" in md and "| 1.0000 | 0.5000 |" in md
+    # one source (or none): no extra columns, an empty CSV cell
+    (d / "per_image.csv").write_text("file,top1,top1_score,top2,top2_score,true\na/x.png,a,0.9,b,0.1,a\n")
+    results = [ex.collect(run, tmp_path, None) for run in ex.expand(c)[1:]]
+    assert results[0].test_by_source == {}
+    ex.write_results(c, results, out)
+    assert "test: " not in (out / "results.md").read_text()
+    with (out / "results.csv").open() as f:
+        assert next(csv.DictReader(f))["test_accuracy_by_source"] == ""

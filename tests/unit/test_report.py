@@ -13,6 +13,8 @@ from hemafed.report import (
     classification_metrics,
     classification_report,
     one_vs_rest_auc,
+    per_source_metrics,
+    source_of,
     tta_report,
     top_k,
     write_report_files,
@@ -126,6 +128,39 @@ def test_tta_report_scores_the_mean_and_keeps_the_single_view_figures():
     assert "dihedral" in entry["kind"]
     with pytest.raises(ValueError, match="no views"):
         tta_report([], LABELS, CLASSES)
+
+
+def test_source_of_reads_the_prefix_the_split_writes():
+    assert source_of("basophil/bccd__basophil__BloodImage_00008_1.jpg") == "bccd"
+    assert source_of("pbc__00017.png") == "pbc"
+    assert source_of("C:\\test\\ig\\pbc__ig__IG_1.jpg") == "pbc"
+    for name in ("basophil/A-00000.png", "ig/__x.png", "ig/pbc__", "pbc__/x.png"):
+        assert source_of(name) is None, name
+
+
+def test_per_source_metrics_split_the_test_set_by_source():
+    # PBC: true a, b, c predicted a, b, c (all right); BCCD: true a, a, b predicted b, a, b
+    files = ["a/pbc__a__1.jpg", "b/pbc__b__2.jpg", "c/pbc__c__3.jpg",
+             "a/bccd__a__4.jpg", "a/bccd__a__5.jpg", "b/bccd__b__6.jpg"]
+    out = per_source_metrics(files, [0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 0, 1], CLASSES)
+    assert list(out) == ["bccd", "pbc"]
+    assert out["pbc"] == {"num_examples": 3, "accuracy": 1.0, "macro_recall": 1.0, "macro_f1": 1.0}
+    # BCCD: a recall 1/2, b recall 1; precision a 1, b 1/2 -> F1 a 2/3, b 2/3; c has no images there
+    bccd = out["bccd"]
+    assert bccd["num_examples"] == 3 and bccd["accuracy"] == pytest.approx(2 / 3)
+    assert bccd["macro_recall"] == pytest.approx(0.75) and bccd["macro_f1"] == pytest.approx(2 / 3)
+    # the per-source counts add up to the whole test set's
+    overall = classification_report(np.array([[2, 1, 0], [0, 2, 0], [0, 0, 1]]), CLASSES)["accuracy"]
+    assert sum(v["accuracy"] * v["num_examples"] for v in out.values()) / 6 == pytest.approx(overall)
+
+
+def test_per_source_metrics_without_a_prefix_or_with_bad_input():
+    assert per_source_metrics(["a/x.png", "b/pbc__y.png"], [0, 1], [0, 1], CLASSES) is None
+    assert per_source_metrics([], [], [], CLASSES) is None
+    with pytest.raises(ValueError, match="2 file names, 1 labels"):
+        per_source_metrics(["pbc__1.png", "pbc__2.png"], [0], [0], CLASSES)
+    with pytest.raises(ValueError, match=r"class indices must be in \[0, 3\)"):
+        per_source_metrics(["pbc__1.png"], [0], [3], CLASSES)
 
 
 def test_top_k_orders_and_breaks_ties_by_class_index():
@@ -406,3 +441,27 @@ def test_test_evaluation_with_and_without_test_time_augmentation(fed_folders):
     again = classification_metrics(probs, test_set.labels, task.classes)
     assert tta["accuracy"] == again["accuracy"] and tta["loss"] == pytest.approx(again["loss"])
     assert tta["num_examples"] == plain["num_examples"] == 16
+    assert plain["per_source"] is None  # the synthetic test images carry no source prefix
+
+
+def test_test_evaluation_reports_each_source(fed_folders, tmp_path):
+    from hemafed_aggregator import modelops
+
+    test_dir = tmp_path / "test"
+    for i, f in enumerate(sorted(fed_folders["test"].rglob("*.png"))):
+        (test_dir / f.parent.name).mkdir(parents=True, exist_ok=True)
+        source = "pbc" if i % 4 else "bccd"
+        (test_dir / f.parent.name / f"{source}__{f.parent.name}__{f.name}").write_bytes(f.read_bytes())
+    task = TaskSpec(model="cnn", image_size=SIZE, classes=list(PBC_CLASSES), seed=0)
+    initial, _ = modelops.initial_weights(task)
+    rep = modelops.evaluate_on_test(task, initial, test_dir, out_dir=tmp_path / "out")
+    by_source = rep["per_source"]
+    assert sorted(by_source) == ["bccd", "pbc"]
+    assert by_source["bccd"]["num_examples"] == 4 and by_source["pbc"]["num_examples"] == 12
+    right = sum(v["accuracy"] * v["num_examples"] for v in by_source.values())
+    assert right == pytest.approx(rep["accuracy"] * 16)
+    with (tmp_path / "out" / "per_image.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    bccd = [r for r in rows if "/bccd__" in r["file"] or r["file"].startswith("bccd__")]
+    assert len(bccd) == 4
+    assert by_source["bccd"]["accuracy"] == pytest.approx(sum(r["top1"] == r["true"] for r in bccd) / 4)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from hemafed.report import (classification_metrics, classification_report, tta_report,
-                            write_report_files)
+from hemafed.report import (classification_metrics, classification_report, per_source_metrics,
+                            tta_report, write_report_files)
 from hemafed.schemas import TaskSpec
 
 __all__ = ["classification_report", "evaluate_on_test", "export_saved_model", "initial_weights", "load_test_set", "predict", "save_keras"]
@@ -88,7 +88,8 @@ def evaluate_on_test(task: TaskSpec, weights: list[np.ndarray], test_dir: Path, 
                      *, test_set=None, title: str = "", tta: bool = False) -> dict[str, Any]:
     """Every figure of :func:`hemafed.report.classification_metrics` on the test set (loss,
     accuracy, macro precision/recall/F1/specificity/AUC, per-class table, confusion matrix) plus
-    ``skipped_files``; with ``out_dir``, also its CSV/PNG files (:data:`hemafed.report.REPORT_FILES`).
+    ``skipped_files`` and ``per_source`` (:func:`hemafed.report.per_source_metrics`); with
+    ``out_dir``, also its CSV/PNG files (:data:`hemafed.report.REPORT_FILES`).
     ``test_set``: an already loaded :func:`load_test_set` (several models, one read). ``tta``: the
     figures are of the mean over the 8 dihedral views, and ``test_time_augmentation`` holds the
     single-view ones (else it is ``None``)."""
@@ -101,6 +102,7 @@ def evaluate_on_test(task: TaskSpec, weights: list[np.ndarray], test_dir: Path, 
     rep = classification_metrics(probs, ts.labels, task.classes)
     rep["skipped_files"] = int(ts.skipped)
     rep["test_time_augmentation"] = tta_entry
+    rep["per_source"] = per_source_metrics(ts.files, ts.labels, probs.argmax(axis=1), task.classes)
     if out_dir is not None:
         rep["files"] = write_report_files(out_dir, rep, probs, ts.labels, ts.files, title=title)
     return rep

@@ -322,7 +322,7 @@ class CentralRun:
     def _finish(self, trainer, task: TaskSpec, best_weights, final_weights) -> dict[str, Any]:
         from hemafed.data.testset import load_test_set
         from hemafed.models import save_model
-        from hemafed.report import classification_metrics, tta_report, write_report_files
+        from hemafed.report import classification_metrics, per_source_metrics, tta_report, write_report_files
 
         meta = {"run_id": self.s.run_id, "strategy": STRATEGY, "task": task.model_dump(mode="json"),
                 "best_round": self.state["best_round"], "best_val_accuracy": self.state["best_val_accuracy"],
@@ -343,6 +343,7 @@ class CentralRun:
         rep["skipped_files"] = int(ts.skipped)
         rep["weights"] = f"moving average (decay {self.s.ema_decay})" if self.s.ema_decay else "trained"
         rep["test_time_augmentation"] = tta
+        rep["per_source"] = per_source_metrics(ts.files, ts.labels, probs.argmax(axis=1), task.classes)
         rep["files"] = write_report_files(self.run_dir, rep, probs, ts.labels, ts.files,
                                           title=f"{self.s.run_id}: centralized, best epoch {self.state['best_round']}")
         return rep
