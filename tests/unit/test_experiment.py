@@ -480,7 +480,7 @@ SHIPPED_CONFIGS = {  # name: (runs, engines)
     "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (6, {"stack"}),
     "dp-client-level": (3, {"simulation"}),
     "label-skew": (13, {"simulation", "stack"}),
-    "thesis-source": (2, {"stack"}),  # federated rows simulated, centralized rows on the stack
+    "thesis-source": (4, {"stack"}),
 }
 
 
