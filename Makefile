@@ -252,8 +252,8 @@ chaos: ## faults and attackers against the live stack (scripts/chaos.py): result
 benchmark: ## run the default stack on ../shared/data/pbc-128 and print figures
 	@.venv/bin/python benchmarks/stack_benchmark.py $(if $(BENCH_ARGS),$(BENCH_ARGS),)
 
-experiment: ## run an experiment grid: CONFIG=experiments/<name>.yaml [ONLY=scenario,...] [DRY_RUN=1] [ENGINE=simulation]
+experiment: ## run an experiment grid: CONFIG=experiments/<name>.yaml [ONLY=scenario,...] [SEEDS=1,2] [DRY_RUN=1] [ENGINE=simulation]
 	@test -n "$(CONFIG)" || { echo "usage: make experiment CONFIG=experiments/<name>.yaml [ONLY=<scenario>,...] [DRY_RUN=1]" >&2; exit 2; }
 	@$(if $(wildcard .venv/bin/python),.venv/bin/python,$(PYTHON)) -m tools.experiment $(CONFIG) \
 	  --results-dir $(RESULTS_DIR) $(if $(ONLY),--only '$(ONLY)',) $(if $(DRY_RUN),--dry-run,) \
-	  $(if $(ENGINE),--engine $(ENGINE),) $(EXPERIMENT_ARGS)
+	  $(if $(ENGINE),--engine $(ENGINE),) $(if $(SEEDS),--seeds '$(SEEDS)',) $(EXPERIMENT_ARGS)

@@ -13,7 +13,7 @@ Config (unknown keys are refused; see experiments/*.yaml)::
     name: thesis                    # [A-Za-z0-9_.-]; RUN_ID = <name>-<scenario>-<seed>
     description: ...
     engine: stack                   # stack | simulation (per scenario too)
-    seeds: [0]                      # or repeats: 3 (= seeds 0, 1, 2)
+    seeds: [0]                      # or repeats: 3 (= seeds 0, 1, 2); --seeds 1,2 overrides
     run_timeout_minutes: 120
     base: {dataset: ../shared/data/pbc-128, rounds: 5, ...}    # settings of every run
     scenarios:                      # each: name, settings, kind (federated | central), engine
@@ -261,6 +261,20 @@ def with_engine(cfg: ExperimentConfig, engine: str) -> ExperimentConfig:
     raw = {**cfg.model_dump(exclude={"repeats"}), "name": f"{cfg.name}-{suffix}", "engine": engine,
            "scenarios": [sc.model_dump() for sc in scenarios]}
     return parse_config(raw, f"{cfg.name} on engine {engine}")
+
+
+def with_seeds(cfg: ExperimentConfig, seeds: str) -> ExperimentConfig:
+    """The same grid on other seeds (``--seeds 1,2``, ``make experiment SEEDS=1,2``): replicate a
+    config's runs without editing it. Run ids keep their ``-<seed>`` suffix, so the config's own
+    seeds' results stay where they are and the tables list the seeds given here."""
+    try:
+        values = [int(v) for v in seeds.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: comma-separated integers, e.g. 0,1,2") from None
+    if not values:
+        raise ConfigError("--seeds: give at least one seed")
+    raw = {**cfg.model_dump(exclude={"repeats"}), "seeds": values}
+    return parse_config(raw, f"{cfg.name} with seeds {seeds}")
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -914,6 +928,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", choices=["stack", "simulation"],
                    help="run the whole grid on this engine, as experiment <name>-sim / <name>-stack "
                         "(make experiment ENGINE=simulation); centralized scenarios need the stack")
+    p.add_argument("--seeds", help="run the config's runs on these seeds instead of its own, comma-separated "
+                                   "(make experiment SEEDS=1,2)")
     p.add_argument("--results-dir", type=Path,
                    default=Path(os.environ.get("RESULTS_DIR") or ROOT / "results"))
     p.add_argument("--data-mounts", type=Path,
@@ -924,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.config)
         if a.engine:
             cfg = with_engine(cfg, a.engine)
+        if a.seeds is not None:
+            cfg = with_seeds(cfg, a.seeds)
         plan = expand(cfg)
         runs = select(plan, a.only)
     except ConfigError as exc:

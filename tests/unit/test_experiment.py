@@ -463,6 +463,31 @@ def test_the_grid_can_run_on_the_other_engine_as_its_own_experiment():
         ex.with_engine(only_central, "simulation")
 
 
+def test_seeds_override_replicates_the_runs_on_other_seeds(tmp_path, capsys):
+    c = cfg(seeds=[0], scenarios=[{"name": "fl", "settings": {"split": "noniid"}}])
+    again = ex.with_seeds(c, "1, 2")
+    runs = ex.expand(again)
+    assert again.name == c.name and again.seeds == [1, 2]
+    assert [(r.run_id, r.seed) for r in runs] == [("exp-fl-1", 1), ("exp-fl-2", 2)]
+    assert runs[0].settings == ex.expand(c)[0].settings  # only the seed differs
+    # a seed decides the data split too: each seed's runs get their own split folder
+    assert ex.split_folder(runs[0]) != ex.split_folder(runs[1]) != ex.split_folder(ex.expand(c)[0])
+    assert ex.with_seeds(cfg(repeats=3), "5").seeds == [5]
+    with pytest.raises(ex.ConfigError, match="comma-separated integers"):
+        ex.with_seeds(c, "1,x")
+    with pytest.raises(ex.ConfigError, match="at least one seed"):
+        ex.with_seeds(c, " , ")
+    with pytest.raises(ex.ConfigError, match="seeds must be unique"):
+        ex.with_seeds(c, "1,1")
+    good = tmp_path / "g.yaml"
+    good.write_text("name: g\nbase: {clients: 3}\nscenarios: [{name: fl}]\n")
+    assert ex.main([str(good), "--dry-run", "--seeds", "3", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 run(s):" in out and "g-fl-3" in out and "SEED=3 " in out and "g-fl-0" not in out
+    assert ex.main([str(good), "--dry-run", "--seeds", "three"]) == 2
+    assert "--seeds 'three'" in capsys.readouterr().err
+
+
 def test_report_only_rewrites_tables_from_existing_results(tmp_path):
     good = tmp_path / "g.yaml"
     good.write_text("name: g\ngrid: {split: [iid]}\n")
