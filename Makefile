@@ -40,9 +40,11 @@ BASELINE_RUN   ?=
 EPOCHS         ?= 0
 # TTA=true: the final test report scores the mean over each test image's 8 dihedral views (up and central);
 # make central only: LR_WARMUP_EPOCHS (linear warm-up, step by step), EMA_DECAY (weight moving average, 0 = off)
+# make central only: INIT_RUN=<RUN_ID of a finished run> starts from its final.keras (a warm restart)
 TTA            ?= false
 LR_WARMUP_EPOCHS ?= 0
 EMA_DECAY      ?= 0
+INIT_RUN       ?=
 STRATEGY_PARAMS ?= {}
 MIN_CLIENTS    ?= 2
 FRACTION_FIT   ?= 1.0
@@ -98,7 +100,7 @@ export CLIENTS SPLIT ROUNDS MODEL IMAGE_SIZE LOCAL_EPOCHS BATCH_SIZE LEARNING_RA
        AGGREGATOR_PORT RUN_ID HEMAFED_TAG DATA_MOUNTS RESULTS_DIR CLASS_WEIGHTING LOCAL_NORM \
        MAX_STEPS_PER_EPOCH SCHEDULE RECYCLE_FRACTION PARTICIPATION DEPARTED DP_CLIP_NORM DP_NOISE_MULTIPLIER DP_DELTA
 export HOSPITALS DATASET_LABEL CERTS_DIR
-export LOCAL_BASELINE BASELINE_RUN EPOCHS TTA LR_WARMUP_EPOCHS EMA_DECAY
+export LOCAL_BASELINE BASELINE_RUN EPOCHS TTA LR_WARMUP_EPOCHS EMA_DECAY INIT_RUN
 export WAIT_FOR_CLIENTS ROUND_RETRIES ATTACK ATTACKER ATTACK_SCALE ATTACK_NOISE_STD
 export HEMAFED_SCHEME = $(if $(filter off,$(TLS)),http,https)
 export INSECURE = $(if $(filter off,$(TLS)),true,false)
@@ -134,7 +136,7 @@ help: ## this help
 	@echo "  DP_CLIP_NORM=$(DP_CLIP_NORM) DP_NOISE_MULTIPLIER=$(DP_NOISE_MULTIPLIER) DP_DELTA=$(DP_DELTA)  hospital DP-SGD"
 	@echo "  LOCAL_NORM=$(LOCAL_NORM) (FedBN) CLASS_WEIGHTING=$(CLASS_WEIGHTING) MAX_STEPS_PER_EPOCH=$(MAX_STEPS_PER_EPOCH)"
 	@echo "  LOCAL_BASELINE=$(LOCAL_BASELINE) (hospitals' local models vs federated) BASELINE_RUN=<central run id> EPOCHS=$(EPOCHS) (make central; 0 = ROUNDS x LOCAL_EPOCHS)"
-	@echo "  TTA=$(TTA) (test report over 8 dihedral views)  make central only: LR_WARMUP_EPOCHS=$(LR_WARMUP_EPOCHS) EMA_DECAY=$(EMA_DECAY) (weight moving average)"
+	@echo "  TTA=$(TTA) (test report over 8 dihedral views)  make central only: LR_WARMUP_EPOCHS=$(LR_WARMUP_EPOCHS) EMA_DECAY=$(EMA_DECAY) (weight moving average) INIT_RUN=$(INIT_RUN) (continue that run)"
 
 docker: ## install and start Docker where it is missing (Debian, root)
 	@scripts/ensure-docker.sh

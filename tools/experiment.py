@@ -74,7 +74,7 @@ DATA_SETTINGS: dict[str, Any] = {
     "tf_threads": int,
 }
 #: options of the centralized baseline only (make central)
-CENTRAL_SETTINGS: dict[str, Any] = {"epochs": int, "lr_warmup_epochs": int, "ema_decay": float}
+CENTRAL_SETTINGS: dict[str, Any] = {"epochs": int, "lr_warmup_epochs": int, "ema_decay": float, "init_run": str}
 #: options of the simulation engine only
 SIMULATION_SETTINGS: dict[str, Any] = {
     "concurrency": int, "min_per_hospital": int, "val_fraction": float, "test_fraction": float,

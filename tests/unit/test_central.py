@@ -206,3 +206,62 @@ def test_settings_refuse_a_bad_moving_average_or_warmup(monkeypatch):
     for field, value in (("ema_decay", 1.0), ("ema_decay", -0.1), ("lr_warmup_epochs", -1)):
         with pytest.raises(ValidationError, match=field):
             CentralSettings(**{field: value})
+
+
+@pytest.mark.anyio
+async def test_init_run_continues_an_earlier_run_from_its_final_weights(mounts, tmp_path):
+    from hemafed.models import load_model
+
+    store = InMemoryStore()
+    http = httpx.AsyncClient(transport=RoutingTransport({"metrics": metrics_app(store=store)}))
+    first = _settings(mounts, tmp_path, epochs=2, learning_rate=0.01, max_steps_per_epoch=2)
+    assert await run_central(first, http=http, report_resources=False) == 0
+    earlier = tmp_path / "results" / "central-t"
+    earlier_final = load_model(earlier / "final.keras").get_weights()
+    from hemafed.models import build_for_task
+    from hemafed.schemas import TaskSpec
+
+    task = TaskSpec(model="cnn", image_size=SIZE, classes=json.loads((earlier / "final.json").read_text())["task"]
+                    ["classes"], seed=0)
+    initial = build_for_task(task).get_weights()
+    assert max(float(np.abs(a - b).max()) for a, b in zip(initial, earlier_final)) > 1e-3  # training moved them
+
+    # a rate of 1e-9 leaves the weights where they start: the continued run starts at the earlier final
+    # weights (and so does its moving average), not at the fresh initialisation
+    again = _settings(mounts, tmp_path, epochs=1, learning_rate=1e-9, max_steps_per_epoch=2, init_run="central-t",
+                      ema_decay=0.9).model_copy(update={"run_id": "central-t2"})
+    assert await run_central(again, http=http, report_resources=False) == 0
+    out = tmp_path / "results" / "central-t2"
+    final = load_model(out / "final.keras").get_weights()
+    assert max(float(np.abs(a - b).max()) for a, b in zip(final, earlier_final)) < 1e-5
+    test = json.loads((out / "test_results.json").read_text())
+    meta = json.loads((earlier / "final.json").read_text())
+    assert test["initialised_from"] == {"run_id": "central-t", "path": str(earlier / "final.keras"), "epochs": 2,
+                                        "strategy": "centralized", "best_val_accuracy": meta["best_val_accuracy"]}
+    assert store.get_run("central-t2").config["initialised_from"]["run_id"] == "central-t"
+    plain = json.loads((earlier / "test_results.json").read_text())
+    assert plain["initialised_from"] is None
+
+    # refused with the reason: a run that does not exist, and one that trained another model
+    for run_id, edit, reason in (("nothing-here", None, "no final.keras and final.json"),
+                                 ("other-model", {"model": "cnn-wide"}, "model 'cnn-wide' there, 'cnn' here")):
+        if edit:
+            other = tmp_path / "results" / run_id
+            other.mkdir()
+            (other / "final.keras").write_bytes((earlier / "final.keras").read_bytes())
+            (other / "final.json").write_text(json.dumps({**meta, "task": {**meta["task"], **edit}}))
+        bad = again.model_copy(update={"run_id": "central-bad", "init_run": run_id})
+        assert await run_central(bad, http=http, report_resources=False) == 1
+        state = json.loads((tmp_path / "results" / "central-bad" / "run.json").read_text())
+        assert state["status"] == "failed" and reason in state["message"], state["message"]
+    assert (earlier / "final.keras").is_file() and (earlier / "test_results.json").is_file()  # nothing lost
+    await http.aclose()
+
+
+def test_init_run_must_be_a_run_id(monkeypatch):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="init_run"):
+        CentralSettings(init_run="../elsewhere")
+    monkeypatch.setenv("INIT_RUN", "central-20260101")
+    assert CentralSettings().init_run == "central-20260101"

@@ -502,7 +502,7 @@ def test_report_only_rewrites_tables_from_existing_results(tmp_path):
 
 SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
-    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (6, {"stack"}),
+    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (7, {"stack"}),
     "dp-client-level": (3, {"simulation"}),
     "label-skew": (13, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),

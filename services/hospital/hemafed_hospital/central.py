@@ -18,6 +18,10 @@ profile ``central``, run with the hospital image)::
   averaged weights are the ones validated, kept and tested (Polyak averaging).
   The best epoch by validation accuracy is kept (the federation keeps its best round by
   validation, never by the test set).
+  ``INIT_RUN=<RUN_ID>`` starts from that earlier run's ``final.keras`` (in ``OUTPUT_DIR``) instead of
+  fresh weights, with a fresh optimizer and this run's schedule: a warm restart (SGDR, Loshchilov &
+  Hutter 2017) that continues a finished run for more epochs. The earlier run must have the same
+  model, image size and classes; ``test_results.json`` names it (``initialised_from``) and its epochs.
 * Report: the best model on ``DATA_ROOT/test`` (``TTA=true``: each test image's prediction is
   the mean over its 8 dihedral views, and the single-view figures are reported beside) with :mod:`hemafed.report` (the same files as a
   federated run: ``test_results.json`` with ``timing``, ``confusion_matrix.csv/.png``,
@@ -106,6 +110,8 @@ class CentralSettings(ServiceSettings):
     ema_decay: float = Field(0.0, ge=0, lt=1)
     #: test-time augmentation: the test prediction is the mean over the 8 dihedral views
     tta: bool = False
+    #: start from OUTPUT_DIR/<INIT_RUN>/final.keras (an earlier run of the same model, size and classes)
+    init_run: str = Field("", pattern=r"^[A-Za-z0-9_.\-]{0,64}$")
     augment: bool = True
     class_weighting: bool = False
     max_steps_per_epoch: int = Field(0, ge=0)
@@ -243,7 +249,10 @@ class CentralRun:
         config = FitConfig(local_epochs=1, batch_size=s.batch_size, learning_rate=s.learning_rate,
                            optimizer=s.optimizer, augment=s.augment, class_weighting=s.class_weighting,
                            max_steps_per_epoch=s.max_steps_per_epoch)
-        trainer, params = await asyncio.to_thread(_build, task, s.ema_decay)
+        init = _initial_model(s, task) if s.init_run else None
+        trainer, params = await asyncio.to_thread(_build, task, s.ema_decay, init["path"] if init else None)
+        if init:
+            log.info("starting from run %s (final.keras, %s epochs)", s.init_run, init["epochs"])
         steps_per_epoch = -(-len(data.y_train) // s.batch_size)
         if s.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, s.max_steps_per_epoch)
@@ -253,7 +262,7 @@ class CentralRun:
             strategy=STRATEGY,
             config={**s.model_dump(mode="json", exclude={"data_root", "test_dir", "output_dir", "metrics_url",
                                                            "secrets_dir", "insecure"}),
-                    "epochs": epochs, "params": params, "classes": data.classes,
+                    "epochs": epochs, "params": params, "classes": data.classes, "initialised_from": init,
                     "pooled_hospitals": data.hospitals, "num_train": int(len(data.y_train)),
                     "num_val": int(len(data.y_val))},
         ))
@@ -306,6 +315,7 @@ class CentralRun:
                            "exchanged_parameters": 0},
             pooled={"hospitals": data.hospitals, "num_train": int(len(data.y_train)),
                     "num_val": int(len(data.y_val))},
+            initialised_from=init,
         )
         (self.run_dir / "test_results.json").write_text(json.dumps(results, indent=2))
         self.state.update(status="finished", finished_at=time.time(), test_results=results)
@@ -349,11 +359,40 @@ class CentralRun:
         return rep
 
 
-def _build(task: TaskSpec, ema_decay: float = 0.0):
-    from hemafed.models import build_for_task, count_params
+def _initial_model(s: CentralSettings, task: TaskSpec) -> dict[str, Any]:
+    """Where an ``INIT_RUN`` start comes from (``OUTPUT_DIR/<INIT_RUN>/final.keras`` and its
+    ``final.json``), refused unless that run trained the same model, image size and classes."""
+    folder = s.output_dir / s.init_run
+    path, meta_path = folder / "final.keras", folder / "final.json"
+    if not path.is_file() or not meta_path.is_file():
+        raise CentralError(f"INIT_RUN={s.init_run}: no final.keras and final.json in {folder} "
+                           "(the run to continue must have finished)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        earlier = meta["task"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CentralError(f"INIT_RUN={s.init_run}: unreadable {meta_path.name}: {exc}") from None
+    mismatch = [f"{k} {earlier.get(k)!r} there, {getattr(task, k)!r} here"
+                for k in ("model", "image_size", "classes") if earlier.get(k) != getattr(task, k)]
+    if mismatch:
+        raise CentralError(f"INIT_RUN={s.init_run} trained another task: " + "; ".join(mismatch))
+    return {"run_id": s.init_run, "path": str(path), "epochs": meta.get("epochs"),
+            "strategy": meta.get("strategy"), "best_val_accuracy": meta.get("best_val_accuracy")}
+
+
+def _build(task: TaskSpec, ema_decay: float = 0.0, init_path: str | None = None):
+    from hemafed.models import build_for_task, count_params, load_model
     from hemafed.training import LocalTrainer
 
     model = build_for_task(task)
+    if init_path is not None:  # before the trainer: its moving average starts from these weights
+        earlier = load_model(init_path)
+        want = [tuple(w.shape) for w in model.get_weights()]
+        got = [tuple(w.shape) for w in earlier.get_weights()]
+        if want != got:
+            raise CentralError(f"{init_path}: its weights do not fit the model ({len(got)} arrays, "
+                               f"{len(want)} expected, or other shapes)")
+        model.set_weights(earlier.get_weights())
     return LocalTrainer(model, ema_decay=ema_decay), count_params(model)
 
 
