@@ -39,8 +39,8 @@ LOCAL_BASELINE ?= false
 BASELINE_RUN   ?=
 EPOCHS         ?= 0
 # TTA=true: the final test report scores the mean over each test image's 8 dihedral views (up and central);
-# make central only: LR_WARMUP_EPOCHS (linear warm-up, step by step), EMA_DECAY (weight moving average, 0 = off)
-# make central only: INIT_RUN=<RUN_ID of a finished run> starts from its final.keras (a warm restart)
+# make central only: LR_WARMUP_EPOCHS (linear warm-up, step by step), EMA_DECAY (weight moving average, 0 = off),
+# INIT_RUN=<RUN_ID of a finished run> (start from its final.keras: a warm restart)
 TTA            ?= false
 LR_WARMUP_EPOCHS ?= 0
 EMA_DECAY      ?= 0
@@ -255,7 +255,7 @@ benchmark: ## run the default stack on ../shared/data/pbc-128 and print figures
 	@.venv/bin/python benchmarks/stack_benchmark.py $(if $(BENCH_ARGS),$(BENCH_ARGS),)
 
 experiment: ## run an experiment grid: CONFIG=experiments/<name>.yaml [ONLY=scenario,...] [SEEDS=1,2] [DRY_RUN=1] [ENGINE=simulation]
-	@test -n "$(CONFIG)" || { echo "usage: make experiment CONFIG=experiments/<name>.yaml [ONLY=<scenario>,...] [DRY_RUN=1]" >&2; exit 2; }
+	@test -n "$(CONFIG)" || { echo "usage: make experiment CONFIG=experiments/<name>.yaml [ONLY=<scenario>,...] [SEEDS=1,2] [DRY_RUN=1]" >&2; exit 2; }
 	@$(if $(wildcard .venv/bin/python),.venv/bin/python,$(PYTHON)) -m tools.experiment $(CONFIG) \
 	  --results-dir $(RESULTS_DIR) $(if $(ONLY),--only '$(ONLY)',) $(if $(DRY_RUN),--dry-run,) \
 	  $(if $(ENGINE),--engine $(ENGINE),) $(if $(SEEDS),--seeds '$(SEEDS)',) $(EXPERIMENT_ARGS)

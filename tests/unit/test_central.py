@@ -210,7 +210,8 @@ def test_settings_refuse_a_bad_moving_average_or_warmup(monkeypatch):
 
 @pytest.mark.anyio
 async def test_init_run_continues_an_earlier_run_from_its_final_weights(mounts, tmp_path):
-    from hemafed.models import load_model
+    from hemafed.models import build_for_task, load_model
+    from hemafed.schemas import TaskSpec
 
     store = InMemoryStore()
     http = httpx.AsyncClient(transport=RoutingTransport({"metrics": metrics_app(store=store)}))
@@ -218,9 +219,6 @@ async def test_init_run_continues_an_earlier_run_from_its_final_weights(mounts, 
     assert await run_central(first, http=http, report_resources=False) == 0
     earlier = tmp_path / "results" / "central-t"
     earlier_final = load_model(earlier / "final.keras").get_weights()
-    from hemafed.models import build_for_task
-    from hemafed.schemas import TaskSpec
-
     task = TaskSpec(model="cnn", image_size=SIZE, classes=json.loads((earlier / "final.json").read_text())["task"]
                     ["classes"], seed=0)
     initial = build_for_task(task).get_weights()

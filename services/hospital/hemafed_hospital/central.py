@@ -386,13 +386,10 @@ def _build(task: TaskSpec, ema_decay: float = 0.0, init_path: str | None = None)
 
     model = build_for_task(task)
     if init_path is not None:  # before the trainer: its moving average starts from these weights
-        earlier = load_model(init_path)
-        want = [tuple(w.shape) for w in model.get_weights()]
-        got = [tuple(w.shape) for w in earlier.get_weights()]
-        if want != got:
-            raise CentralError(f"{init_path}: its weights do not fit the model ({len(got)} arrays, "
-                               f"{len(want)} expected, or other shapes)")
-        model.set_weights(earlier.get_weights())
+        try:  # Keras checks the count and every shape
+            model.set_weights(load_model(init_path).get_weights())
+        except ValueError as exc:
+            raise CentralError(f"{init_path}: its weights do not fit the model: {exc}") from None
     return LocalTrainer(model, ema_decay=ema_decay), count_params(model)
 
 
