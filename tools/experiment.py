@@ -117,11 +117,10 @@ def check_run_config(where: str, settings: dict[str, Any]) -> None:
                            for e in exc.errors(include_url=False))
         raise ConfigError(f"{where}: {errors}") from None
     # the strategy as the aggregator builds it: a misspelt strategy parameter fails here, not at start-up
-    from hemafed_aggregator.app import fit_config_of
-    from hemafed_aggregator.strategies import build_strategy
+    from hemafed_aggregator.app import strategy_of
 
     try:
-        build_strategy(run.strategy, fit_config=fit_config_of(run), **run.strategy_params)
+        strategy_of(run)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: strategy {run.strategy!r} with {run.strategy_params}: {exc}") from None
 

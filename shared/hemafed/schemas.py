@@ -46,6 +46,9 @@ class FitConfig(BaseModel):
     logit_calibration_tau: float = Field(0.0, ge=0, le=100)
     #: cap on local steps per epoch (0 = a full pass over the local data)
     max_steps_per_epoch: int = Field(0, ge=0)
+    #: classifier re-training (hemafed_aggregator.strategies.classifier_retraining): only the layer
+    #: named "classifier" trains; every other weight comes back exactly as it was sent
+    classifier_only: bool = False
     #: FedDyn (Acar et al. 2021) dynamic-regulariser coefficient alpha (0 = off): the hospital
     #: minimises L_k(t) - <g_k, t> + alpha/2 ||t - global||^2, then g_k <- g_k - alpha (t - global)
     feddyn_alpha: float = Field(0.0, ge=0)

@@ -15,6 +15,10 @@ calibrated: predictions and evaluation use the plain model.
 
 The client optimizer is fresh each round (its slots are reset), as in FedAvg / TFF.
 
+With ``FitConfig.classifier_only`` (classifier re-training rounds) every gradient except those of
+the layer named ``classifier`` is masked to zero, and the other variables are restored to their
+values at the start of the call afterwards: the feature extractor comes back bit for bit as sent.
+
 A second compiled step does sample-level DP-SGD (Abadi et al. 2016, Algorithm 1) when
 ``FitConfig.dp_clip_norm > 0``: per-example gradients of the data loss (``tf.vectorized_map``
 over the batch, or a loop over microbatches of one example where the model does not vectorize),
@@ -138,6 +142,19 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 #: the offset of a class absent from the local data: exp(-1e4) is 0, so it leaves the softmax
 ABSENT_CLASS_OFFSET = 1e4
+
+
+def classifier_mask(model: keras.Model) -> list[bool]:
+    """For each of ``model.trainable_variables``: is it a variable of the layer named ``classifier``
+    (the last Dense layer of every HemaFed model)? Raises :class:`UnsupportedConfig` without one."""
+    try:
+        head = model.get_layer("classifier")
+    except ValueError:
+        raise UnsupportedConfig(f"model {model.name} has no layer named 'classifier' to re-train") from None
+    ids = {id(v) for v in head.trainable_variables}
+    if not ids:
+        raise UnsupportedConfig(f"the classifier layer of {model.name} has no trainable variables")
+    return [id(v) in ids for v in model.trainable_variables]
 
 
 def calibration_offsets(labels: np.ndarray, num_classes: int, tau: float) -> np.ndarray:
@@ -283,7 +300,7 @@ class LocalTrainer:
         variables = model.trainable_variables
 
         @tf.function(reduce_retracing=True)
-        def step(x, y, sw, anchors, corrections, mu, offsets):
+        def step(x, y, sw, anchors, corrections, mu, offsets, mask):
             with tf.GradientTape() as tape:
                 probs = model(x, training=True)
                 if calibrated:
@@ -296,7 +313,7 @@ class LocalTrainer:
                 prox = tf.add_n([tf.reduce_sum(tf.square(v - a)) for v, a in zip(variables, anchors)])
                 total = loss + 0.5 * mu * prox
             grads = tape.gradient(total, variables)
-            grads = [g + c for g, c in zip(grads, corrections)]
+            grads = [(g + c) * m for g, c, m in zip(grads, corrections, mask)]
             optimizer.apply_gradients(zip(grads, variables))
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y), tf.float32))
             return loss, correct
@@ -418,6 +435,10 @@ class LocalTrainer:
             raise UnsupportedConfig(
                 "FedLC's logit calibration uses the local class counts in the loss, which DP-SGD's "
                 "guarantee does not cover: use one or the other")
+        if dp and config.classifier_only:
+            raise UnsupportedConfig(
+                "classifier-only rounds are not run under DP-SGD: their privacy cost would need its own "
+                "accounting; use one or the other")
         if dp:
             bn = batch_statistics_layers(self.model)
             if bn:
@@ -433,6 +454,9 @@ class LocalTrainer:
         offsets = tf.constant(calibration_offsets(labels, num_classes, config.logit_calibration_tau))
         variables = self.model.trainable_variables
         anchors = [tf.constant(v.numpy()) for v in variables]
+        trains = classifier_mask(self.model) if config.classifier_only else [True] * len(variables)
+        mask = [tf.constant(1.0 if t else 0.0, v.dtype) for t, v in zip(trains, variables)]
+        frozen = [(v, a) for v, a, t in zip(variables, anchors, trains) if not t]
         if corrections is None:
             corr = [tf.zeros_like(v) for v in variables]
         else:
@@ -465,7 +489,7 @@ class LocalTrainer:
                     (loss, correct), per_example = self._dp_call(
                         x, y, w, anchors, corr, mu, clip, noise_std, step_seed)
                 else:
-                    loss, correct = step_fn(x, y, w, anchors, corr, mu, offsets)
+                    loss, correct = step_fn(x, y, w, anchors, corr, mu, offsets, mask)
                 if self._ema_update is not None:
                     self._ema_update()
                 n = int(y.shape[0])
@@ -473,6 +497,8 @@ class LocalTrainer:
                 correct_sum += float(correct)
                 seen += n
                 steps += 1
+        for v, start in frozen:  # exact: a masked variable never moves, whatever the optimizer's slots held
+            v.assign(start)
         return TrainResult(
             num_examples=int(len(labels)),
             train_loss=loss_sum / max(seen, 1),

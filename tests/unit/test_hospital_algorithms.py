@@ -223,3 +223,27 @@ def test_fedlc_tau_reaches_the_trainer_and_dp_sgd_with_it_is_refused(agent, init
     with pytest.raises(AgentError, match="FedLC") as e:
         fit(agent, r1.weights, 2, config(logit_calibration_tau=1.0, dp_clip_norm=1.0, dp_noise_multiplier=1.0))
     assert e.value.status == 422
+
+
+# --------------------------------------------------------------------------- classifier re-training
+
+
+def test_classifier_round_keeps_feddyn_state_and_returns_the_features_as_sent(agent, initial, calls):
+    from hemafed.models import build_model
+    from hemafed.training import classifier_mask
+
+    heads = classifier_mask(build_model("cnn", 2, 16, seed=5))
+    r1 = fit(agent, initial, 1, config(feddyn_alpha=0.5))
+    g1 = [g.copy() for g in agent.state(TASK).feddyn_g]
+    r2 = fit(agent, r1.weights, 2, config(classifier_only=True))
+    assert calls[1]["config"].classifier_only is True and calls[1]["corrections"] is None
+    for sent, back, head in zip(r1.weights, r2.weights, heads):
+        if head:
+            assert np.abs(back - sent).max() > 0
+        else:
+            np.testing.assert_array_equal(back, sent)
+    for kept, g in zip(agent.state(TASK).feddyn_g, g1):  # FedDyn's g_k waits for the next FedDyn round
+        np.testing.assert_array_equal(kept, g)
+    with pytest.raises(AgentError, match="not run under DP-SGD") as e:
+        fit(agent, r2.weights, 3, config(classifier_only=True, dp_clip_norm=1.0, dp_noise_multiplier=1.0))
+    assert e.value.status == 422

@@ -8,6 +8,7 @@ import csv
 import json
 
 import httpx
+import numpy as np
 import pytest
 
 from hemafed_aggregator import simulate as sim
@@ -146,6 +147,38 @@ async def test_five_hospitals_two_rounds_in_one_process(data5, tmp_path):
     per_round = [sum(h["update_bytes"] for h in r["hospitals"].values()) for r in state.rounds]
     assert res.bytes_per_round == pytest.approx(sum(per_round) / 2)
     assert [r["round"] for r in res.rounds] == [1, 2] and all(r["hospitals_ok"] == 5 for r in res.rounds)
+
+
+@pytest.mark.anyio
+async def test_classifier_rounds_retrain_the_classifier_on_frozen_features(data5, tmp_path):
+    """FedDyn for one round, then one classifier round: the final model's feature extractor is the
+    one a 1-round run of the same seed ends with (FedDyn's own rule would move it by -h/alpha)."""
+    from hemafed.models import get_exchanged, load_model
+    from hemafed.training import classifier_mask
+
+    data, _ = data5
+    base = {"image_size": 16, "local_epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2, "split": "iid",
+            "dataset": "synthetic", "strategy": "feddyn", "strategy_params": {"alpha": 0.1}}
+    one = RunConfig.model_validate({**base, "run_id": "dyn1", "rounds": 1})
+    two = RunConfig.model_validate({**base, "run_id": "dyn1crt", "rounds": 2, "classifier_rounds": 1})
+    for run in (one, two):
+        state = await sim.simulate(run, data, results_dir=tmp_path, concurrency=2)
+        assert state.status == "finished", state.message
+    assert state.rounds[0]["report"].get("classifier_only") is None
+    assert state.rounds[1]["report"]["classifier_only"] is True
+    assert all(h["status"] == "ok" for h in state.rounds[1]["hospitals"].values())
+    m1, m2 = (load_model(tmp_path / r / "final.keras") for r in ("dyn1", "dyn1crt"))
+    heads = classifier_mask(m2)
+    w1, w2 = get_exchanged(m1), get_exchanged(m2)
+    assert len(w1) == len(heads)
+    for a, b, head in zip(w1, w2, heads):
+        if head:
+            assert abs(a - b).max() > 0
+        else:
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    final = json.loads((tmp_path / "dyn1crt" / "final.json").read_text())
+    assert final["strategy"] == {"name": "feddyn", "fraction_fit": 1.0, "min_fit_clients": 2, "alpha": 0.1,
+                                 "num_clients": None, "classifier_rounds": 1}
 
 
 def test_cli_runs_with_per_hospital_models_under_fedbn(data5, tmp_path, capsys):

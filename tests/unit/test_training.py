@@ -316,3 +316,54 @@ def test_dihedral_views_and_rotation_invariant_tta(runner):
     # the mean over all 8 views does not change when the image is turned or mirrored
     np.testing.assert_allclose(trainer.predict(np.rot90(x, 1, axes=(1, 2)), tta=True), tta, atol=1e-6)
     np.testing.assert_allclose(trainer.predict(np.ascontiguousarray(x[:, :, ::-1]), tta=True), tta, atol=1e-6)
+
+
+def test_classifier_only_moves_the_classifier_alone_and_as_the_plain_step_does(runner_nodrop):
+    from hemafed.training import classifier_mask
+
+    model = runner_nodrop.trainer.model
+    heads = classifier_mask(model)
+    assert heads[-2:] == [True, True] and sum(heads) == 2  # the last Dense layer's kernel and bias
+    plain, _ = runner_nodrop.delta(sgd())  # one full-batch SGD step from w0
+    head, result = runner_nodrop.delta(sgd(classifier_only=True))
+    sizes = [int(np.prod(v.shape)) for v in model.trainable_variables]
+    on_head = np.concatenate([np.full(n, h) for n, h in zip(sizes, heads)])
+    assert result.steps == 1
+    np.testing.assert_array_equal(head[~on_head], 0.0)  # the feature extractor: bit for bit as sent
+    assert np.abs(head[on_head]).max() > 0
+    # at the same point the classifier's gradient is the same: the step equals the plain step's
+    np.testing.assert_allclose(head[on_head], plain[on_head], rtol=1e-5, atol=1e-7)
+
+
+def test_classifier_only_holds_under_adam_corrections_and_kept_optimizer_state(runner_nodrop):
+    from hemafed.training import classifier_mask
+
+    trainer = runner_nodrop.trainer
+    heads = classifier_mask(trainer.model)
+    adam = FitConfig(local_epochs=2, batch_size=4, learning_rate=1e-2, optimizer="adam", augment=False,
+                     proximal_mu=0.5)
+    runner_nodrop.delta(adam)  # leaves non-zero Adam moments for every variable
+    set_exchanged(trainer.model, runner_nodrop.w0)
+    before = [v.numpy().copy() for v in trainer.model.trainable_variables]
+    corrections = [np.full(v.shape, 0.3, np.float32) for v in trainer.model.trainable_variables]
+    trainer.fit(IMAGES, LABELS, adam.model_copy(update={"classifier_only": True}), seed=3, num_classes=2,
+                corrections=corrections, reset_optimizer=False)
+    after = [v.numpy() for v in trainer.model.trainable_variables]
+    for b, a, h in zip(before, after, heads):
+        if h:
+            assert np.abs(a - b).max() > 0
+        else:
+            np.testing.assert_array_equal(a, b)
+
+
+def test_classifier_only_refusals(runner_nodrop):
+    import keras
+
+    from hemafed.training import classifier_mask
+
+    with pytest.raises(UnsupportedConfig, match="not run under DP-SGD"):
+        runner_nodrop.trainer.fit(IMAGES, LABELS, sgd(classifier_only=True, dp_clip_norm=1.0), seed=1, num_classes=2)
+    inputs = keras.Input((4,))
+    headless = keras.Model(inputs, keras.layers.Dense(2, name="out")(inputs), name="headless")
+    with pytest.raises(UnsupportedConfig, match="no layer named 'classifier'"):
+        classifier_mask(headless)

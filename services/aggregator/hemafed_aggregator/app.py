@@ -23,7 +23,7 @@ from hemafed_aggregator.inference import Predictor
 from hemafed_aggregator.routes import health, predict, rounds, status
 from hemafed_aggregator.server import FederatedServer
 from hemafed_aggregator.settings import AggregatorSettings, RunConfig
-from hemafed_aggregator.strategies import build_strategy
+from hemafed_aggregator.strategies import ClassifierRetraining, Strategy, build_strategy
 
 log = logging.getLogger("hemafed.aggregator")
 
@@ -36,15 +36,23 @@ def fit_config_of(run: RunConfig) -> FitConfig:
                      schedule=run.schedule, schedule_parts=run.rounds, recycle_fraction=run.recycle_fraction)
 
 
+def strategy_of(run: RunConfig) -> Strategy:
+    """The run's strategy with its parameters; wrapped for the last CLASSIFIER_ROUNDS rounds."""
+    strategy = build_strategy(run.strategy, fit_config=fit_config_of(run), fraction_fit=run.fraction_fit,
+                              min_fit_clients=run.min_clients, lr_schedule=run.lr_schedule,
+                              lr_min_fraction=run.lr_min_fraction, total_rounds=run.rounds, **run.strategy_params)
+    if run.classifier_rounds:
+        strategy = ClassifierRetraining(strategy, rounds=run.classifier_rounds)
+    return strategy
+
+
 def build_server(settings: AggregatorSettings, run: RunConfig, http: httpx.AsyncClient) -> FederatedServer:
     if not settings.hospitals:
         raise ValueError("HOSPITALS is empty: name at least one hospital as id=url")
     if run.departed == "keep" and run.strategy == "scaffold":
         raise ValueError("DEPARTED=keep re-uses a departed hospital's last weights; SCAFFOLD's control-variate "
                          "deltas cannot be re-used: choose DEPARTED=drop")
-    strategy = build_strategy(run.strategy, fit_config=fit_config_of(run), fraction_fit=run.fraction_fit,
-                              min_fit_clients=run.min_clients, lr_schedule=run.lr_schedule,
-                              lr_min_fraction=run.lr_min_fraction, total_rounds=run.rounds, **run.strategy_params)
+    strategy = strategy_of(run)
     clients = [HttpHospitalClient(hid, url, http, run_id=run.run_id) for hid, url in settings.hospitals.items()]
     return FederatedServer(run=run, strategy=strategy, clients=clients,
                            reporter=MetricsReporter(settings.metrics_url, http),

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
@@ -91,6 +91,9 @@ class RunConfig(BaseSettings):
     dp_noise_multiplier: float = Field(0.0, ge=0)
     dp_delta: float = Field(1e-5, gt=0, lt=1)
     max_steps_per_epoch: int = Field(0, ge=0)
+    #: the last CLASSIFIER_ROUNDS of the ROUNDS re-train only the classifier layer on the frozen
+    #: feature extractor, averaged by examples (hemafed_aggregator.strategies.classifier_retraining)
+    classifier_rounds: int = Field(0, ge=0)
     #: an update whose L2 norm (all exchanged tensors) exceeds this is refused like a malformed one
     max_update_norm: float = Field(1e6, gt=0)
     #: data over time at the hospitals: full | weekly (Case 1) | weekly-recycle (Case 2); the data
@@ -121,6 +124,13 @@ class RunConfig(BaseSettings):
             if not isinstance(v, dict):
                 raise ValueError("STRATEGY_PARAMS must be a JSON object")
         return v
+
+    @model_validator(mode="after")
+    def _classifier_rounds_within_run(self) -> RunConfig:
+        if self.classifier_rounds >= self.rounds:
+            raise ValueError(f"CLASSIFIER_ROUNDS ({self.classifier_rounds}) must be fewer than ROUNDS ({self.rounds}): "
+                             "they are the run's last rounds")
+        return self
 
     @field_validator("participation")
     @classmethod

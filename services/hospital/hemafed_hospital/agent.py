@@ -15,6 +15,10 @@ Client side of the strategies that need one (the aggregator's strategies set the
   comes in ``aux["c"]``; the hospital keeps ``c_i`` (initially 0), trains with corrections
   ``c - c_i``, then ``c_i+ = c_i - c + (x - y) / (K lr)`` over its K local steps, and replies with
   ``aux["delta_c"] = c_i+ - c_i`` (zeros for exchanged variables that are not trainable).
+* Classifier re-training rounds (``classifier_only``): the trainer masks every gradient except the
+  classifier layer's, so the rest of the model goes back exactly as it came; FedDyn's ``g_k`` and
+  SCAFFOLD's ``c_i`` are kept for later rounds (those terms are off in these rounds). A DP-SGD
+  config with it is refused with 422.
 * Data schedules (``schedule``): under ``weekly`` / ``weekly-recycle`` a round trains (and
   validates its update locally) on its part of the data only (:mod:`hemafed.data.schedule`);
   global validation (``evaluate``) always uses the whole local validation split.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hemafed_aggregator.strategies.base import EvaluateRes, Failure, FitIns, FitRes, Strategy
+from hemafed_aggregator.strategies.classifier_retraining import ClassifierRetraining
 from hemafed_aggregator.strategies.dp_fedavg import DPFedAvg
 from hemafed_aggregator.strategies.fedadagrad import FedAdagrad
 from hemafed_aggregator.strategies.fedadam import FedAdam
@@ -50,6 +51,7 @@ def build_strategy(name: str, **params: Any) -> Strategy:
 
 __all__ = [
     "REGISTRY",
+    "ClassifierRetraining",
     "CoordinateMedian",
     "DPFedAvg",
     "EvaluateRes",
