@@ -536,6 +536,9 @@ class RunResult:
     macro_f1: float | None = None
     #: with test-time augmentation (TTA=true) test_accuracy is the 8-view mean's; this the single view's
     test_accuracy_single_view: float | None = None
+    #: the last round's model, when validation picked an earlier round (test_results' final_model)
+    final_round: int | None = None
+    final_test_accuracy: float | None = None
     wall_seconds: float | None = None
     train_seconds: float | None = None
     bytes_per_round: float | None = None
@@ -612,6 +615,9 @@ def collect(run: PlannedRun, results_dir: Path, record: dict[str, Any] | None) -
     tta = test.get("test_time_augmentation")
     if isinstance(tta, dict) and isinstance(tta.get("single_view"), dict):
         res.test_accuracy_single_view = _num(tta["single_view"].get("accuracy"))
+    final = test.get("final_model")
+    if isinstance(final, dict):
+        res.final_round, res.final_test_accuracy = final.get("round"), _num(final.get("accuracy"))
     res.test_by_source = _by_source(test, d / "per_image.csv")
     started, finished = _num(state.get("started_at")), _num(state.get("finished_at"))
     if started is not None and finished is not None:
@@ -660,7 +666,7 @@ def _settings_text(varied: dict[str, Any]) -> str:
 
 
 CSV_COLUMNS = ["scenario", "seed", "run_id", "kind", "engine", "status", "settings", "best_round", "best_val",
-               "test_accuracy", "macro_f1", "test_accuracy_single_view", "wall_seconds", "train_seconds",
+               "test_accuracy", "macro_f1", "test_accuracy_single_view", "final_round", "final_test_accuracy", "wall_seconds", "train_seconds",
                "bytes_per_round", "test_accuracy_by_source", "message"]
 
 
@@ -674,7 +680,9 @@ def write_results(cfg: ExperimentConfig, results: list[RunResult], out: Path, *,
             w.writerow([r.scenario, r.seed, r.run_id, r.kind, r.engine, r.status, _settings_text(r.varied),
                         r.best_round if r.best_round is not None else "", _fmt(r.best_val),
                         _fmt(r.test_accuracy),
-                        _fmt(r.macro_f1), _fmt(r.test_accuracy_single_view), _fmt(r.wall_seconds, 1),
+                        _fmt(r.macro_f1), _fmt(r.test_accuracy_single_view),
+                        r.final_round if r.final_round is not None else "", _fmt(r.final_test_accuracy),
+                        _fmt(r.wall_seconds, 1),
                         _fmt(r.train_seconds, 1),
                         _fmt(r.bytes_per_round, 0), _source_text(r.test_by_source), r.message])
     with (out / "accuracy_per_round.csv").open("w", newline="") as f:
@@ -729,10 +737,14 @@ def markdown(cfg: ExperimentConfig, results: list[RunResult], base_note: str = "
 
 
 def _test_cell(r: RunResult) -> str:
-    """The test accuracy; with test-time augmentation, the single view's beside it."""
-    if r.test_accuracy_single_view is None:
-        return _fmt(r.test_accuracy)
-    return f"{_fmt(r.test_accuracy)} (8-view TTA; 1 view {_fmt(r.test_accuracy_single_view)})"
+    """The test accuracy (of the best round's model); beside it, with test-time augmentation the
+    single view's, and the last round's model's when validation picked an earlier round."""
+    notes = []
+    if r.test_accuracy_single_view is not None:
+        notes.append(f"8-view TTA; 1 view {_fmt(r.test_accuracy_single_view)}")
+    if r.final_test_accuracy is not None:
+        notes.append(f"final round {r.final_round}: {_fmt(r.final_test_accuracy)}")
+    return _fmt(r.test_accuracy) + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _by_scenario(results: list[RunResult]) -> dict[str, list[RunResult]]:

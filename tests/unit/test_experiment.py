@@ -572,6 +572,18 @@ def test_a_run_with_test_time_augmentation_shows_both_accuracies(tmp_path):
         [row] = list(csv.DictReader(f))
     assert (row["test_accuracy"], row["test_accuracy_single_view"]) == ("0.9600", "0.9500")
     assert "| 0.9600 (8-view TTA; 1 view 0.9500) |" in (out / "results.md").read_text()
+    assert (res.final_round, res.final_test_accuracy) == (None, None) and row["final_test_accuracy"] == ""
+
+    # validation picked an earlier round than the last: the last round's model is shown beside
+    test["final_model"] = {"round": 20, "loss": 0.3, "accuracy": 0.97, "macro_f1": 0.96, "recall": {}}
+    (d / "test_results.json").write_text(json.dumps(test))
+    [res] = [ex.collect(run, tmp_path, None) for run in ex.expand(c)]
+    assert (res.final_round, res.final_test_accuracy) == (20, 0.97)
+    ex.write_results(c, [res], out)
+    with (out / "results.csv").open() as f:
+        [row] = list(csv.DictReader(f))
+    assert (row["test_accuracy"], row["final_round"], row["final_test_accuracy"]) == ("0.9600", "20", "0.9700")
+    assert "| 0.9600 (8-view TTA; 1 view 0.9500; final round 20: 0.9700) |" in (out / "results.md").read_text()
 
 
 def test_a_test_set_of_several_sources_gets_a_column_per_source(tmp_path):

@@ -165,3 +165,35 @@ async def test_a_departed_hospital_is_absent_and_its_update_dropped_or_kept(fold
         assert seen == [HOSPITALS, HOSPITALS, HOSPITALS]
     else:  # approach 1: dropped
         assert seen == [HOSPITALS, HOSPITALS[:2], HOSPITALS[:2]]
+
+
+async def test_the_final_model_is_scored_beside_an_earlier_best_round(folders, tmp_path, monkeypatch):
+    """Global validation made to prefer round 1: the report scores round 2's model beside it,
+    exactly as the test evaluation scores any weights, and never picks by it."""
+    from hemafed_aggregator import modelops
+    from hemafed_aggregator.strategies.base import Strategy
+
+    medians = {1: 0.9, 2: 0.1}
+    original = Strategy.aggregate_evaluate
+
+    def rigged(self, rnd, results):
+        return {**original(self, rnd, results), "val_accuracy_median": medians[rnd]}
+
+    monkeypatch.setattr(Strategy, "aggregate_evaluate", rigged)
+    server, _ = _federation(folders, tmp_path)
+    state = await server.run()
+    assert state.status == "finished", state.message
+    assert state.best_round == 1 and state.test_results["best_round"] == 1
+    final = state.test_results["final_model"]
+    expected = modelops.evaluate_on_test(server.task, server.weights, folders["test"])
+    assert final == {"round": 2, "loss": pytest.approx(expected["loss"]), "accuracy": expected["accuracy"],
+                     "macro_f1": pytest.approx(expected["macro_f1"]),
+                     "recall": {c: pytest.approx(v["recall"]) for c, v in expected["per_class"].items()}}
+    saved = json.loads((tmp_path / "results" / "inproc" / "test_results.json").read_text())
+    assert saved["final_model"]["round"] == 2 and saved["final_model"]["accuracy"] == expected["accuracy"]
+    assert saved["best_round"] == 1 and saved["accuracy"] == state.test_results["accuracy"]
+
+    medians.update({1: 0.1, 2: 0.9})  # the last round is the best: nothing to add
+    server, _ = _federation(folders, tmp_path / "again")
+    state = await server.run()
+    assert state.best_round == 2 and state.test_results["final_model"] is None

@@ -6,8 +6,9 @@ Writes into ``results/<run_id>/``:
   loss, accuracy, macro precision/recall/F1/specificity/AUC, per-class table, confusion matrix) plus
   ``timing`` (training wall time), ``communication`` (bytes of updates per round; trainable, total,
   exchanged and frozen parameter counts: frozen layers never travel), ``baseline`` (wall-time
-  reduction against a centralized run, with ``BASELINE_RUN``) and ``local_vs_federated`` (with
-  ``LOCAL_BASELINE``);
+  reduction against a centralized run, with ``BASELINE_RUN``), ``local_vs_federated`` (with
+  ``LOCAL_BASELINE``) and ``final_model`` (the last round's model, when validation picked an
+  earlier one: loss, accuracy, macro F1, recall per class; else ``null``);
 * ``confusion_matrix.csv`` / ``.png``, ``per_class.csv``, ``per_image.csv``;
 * ``local_vs_federated.csv`` (with ``LOCAL_BASELINE``): per hospital, its purely local model against
   the federated model, on the global test set and on the hospital's own validation split.
@@ -161,6 +162,20 @@ def write_local_vs_federated_csv(path: Path, rows: list[dict[str, Any]]) -> None
             w.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOCAL_VS_FEDERATED_COLUMNS})
 
 
+async def final_model_figures(server: FederatedServer, test_set) -> dict[str, Any] | None:
+    """The last round's model on the test set when global validation picked an earlier round
+    (``None`` when the best round is the last): shown beside the picked model, never used to pick."""
+    task, cfg = server.task, server.run_cfg
+    assert task is not None
+    if server.state.best_round is None or server.state.best_round == cfg.rounds:
+        return None
+    rep = await asyncio.to_thread(modelops.evaluate_on_test, task, server.weights, server.test_dir,
+                                  test_set=test_set, tta=cfg.tta)
+    log.info("test accuracy of the final model (round %d): %.4f", cfg.rounds, rep["accuracy"])
+    return {"round": cfg.rounds, "loss": rep["loss"], "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],
+            "recall": {c: v["recall"] for c, v in rep["per_class"].items()}}
+
+
 async def final_report(server: FederatedServer, best: Weights) -> dict[str, Any] | None:
     """Score ``best`` on the test set and write the run's report files; ``None`` without a test set."""
     task, cfg, run_dir = server.task, server.run_cfg, server.run_dir
@@ -175,7 +190,8 @@ async def final_report(server: FederatedServer, best: Weights) -> dict[str, Any]
         modelops.evaluate_on_test, task, best, server.test_dir, run_dir, test_set=test_set,
         title=f"{cfg.run_id}: {server.strategy.name}, best round {server.state.best_round}", tta=cfg.tta)
     results.update(strategy=server.strategy.name, run_id=cfg.run_id, best_round=server.state.best_round,
-                   timing=train_time, communication=communication(server, initial, params))
+                   timing=train_time, communication=communication(server, initial, params),
+                   final_model=await final_model_figures(server, test_set))
     if cfg.baseline_run:
         results["baseline"] = baseline_comparison(run_dir.parent, cfg.baseline_run, train_time["training_seconds"],
                                                   results["accuracy"])
