@@ -15,9 +15,10 @@ calibrated: predictions and evaluation use the plain model.
 
 The client optimizer is fresh each round (its slots are reset), as in FedAvg / TFF.
 
-With ``FitConfig.classifier_only`` (classifier re-training rounds) every gradient except those of
-the layer named ``classifier`` is masked to zero, and the other variables are restored to their
-values at the start of the call afterwards: the feature extractor comes back bit for bit as sent.
+With ``FitConfig.classifier_only`` (classifier re-training rounds) the forward pass runs in
+inference mode (the features the model predicts with), every gradient except those of the layer
+named ``classifier`` is masked to zero, and the other variables are restored to their values at
+the start of the call afterwards: the feature extractor comes back bit for bit as sent.
 
 A second compiled step does sample-level DP-SGD (Abadi et al. 2016, Algorithm 1) when
 ``FitConfig.dp_clip_norm > 0``: per-example gradients of the data loss (``tf.vectorized_map``
@@ -293,16 +294,19 @@ class LocalTrainer:
         self._optimizer.learning_rate.assign(config.learning_rate)
         return self._optimizer
 
-    def _build_step(self, calibrated: bool):
+    def _build_step(self, calibrated: bool, training: bool = True):
         """The training step; ``calibrated``: FedLC's loss over ``log p - offsets`` (one offset per
-        class, ``calibration_offsets``), else the plain cross-entropy (``offsets`` unused)."""
+        class, ``calibration_offsets``), else the plain cross-entropy (``offsets`` unused).
+        ``training=False`` (classifier-only rounds): the forward pass in inference mode, so the
+        classifier trains on the features the model predicts with (no dropout, BatchNorm's moving
+        statistics used and left unchanged)."""
         model, optimizer, loss_fn = self.model, self._optimizer, self._loss
         variables = model.trainable_variables
 
         @tf.function(reduce_retracing=True)
         def step(x, y, sw, anchors, corrections, mu, offsets, mask):
             with tf.GradientTape() as tape:
-                probs = model(x, training=True)
+                probs = model(x, training=training)
                 if calibrated:
                     log_p = tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0))
                     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -448,9 +452,10 @@ class LocalTrainer:
         t0 = time.perf_counter()
         self._prepare_optimizer(config, reset=reset_optimizer)
         self._reseed(seed)
-        if calibrated not in self._steps:
-            self._steps[calibrated] = self._build_step(calibrated)
-        step_fn = self._steps[calibrated]
+        key = (calibrated, not config.classifier_only)
+        if key not in self._steps:
+            self._steps[key] = self._build_step(*key)
+        step_fn = self._steps[key]
         offsets = tf.constant(calibration_offsets(labels, num_classes, config.logit_calibration_tau))
         variables = self.model.trainable_variables
         anchors = [tf.constant(v.numpy()) for v in variables]

@@ -367,3 +367,14 @@ def test_classifier_only_refusals(runner_nodrop):
     headless = keras.Model(inputs, keras.layers.Dense(2, name="out")(inputs), name="headless")
     with pytest.raises(UnsupportedConfig, match="no layer named 'classifier'"):
         classifier_mask(headless)
+
+
+def test_classifier_only_leaves_batchnorm_statistics_alone():
+    model = build_model("cnn-bn", 2, SIZE, seed=0)
+    trainer = LocalTrainer(model)
+    weights = [v for v in model.variables if "seed_generator" not in v.path]  # not the dropout RNG state
+    before = [v.numpy().copy() for v in weights]
+    trainer.fit(IMAGES, LABELS, sgd(batch_size=4, classifier_only=True), seed=1, num_classes=2)
+    moved = [v.path for v, b in zip(weights, before) if not np.array_equal(v.numpy(), b)]
+    assert sorted(moved) == ["classifier/bias", "classifier/kernel"]
+    assert any("moving" in v.path for v in weights)  # there were statistics to leave alone
