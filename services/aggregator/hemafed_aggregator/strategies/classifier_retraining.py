@@ -39,7 +39,6 @@ from hemafed_aggregator.strategies.base import (
     FitRes,
     Strategy,
     Weights,
-    sample_clients,
 )
 
 #: wrapped strategies these rounds would undermine, and why
@@ -91,9 +90,8 @@ class ClassifierRetraining(Strategy):
                         rng: np.random.Generator) -> list[tuple[ClientRef, FitIns]]:
         if not self.is_classifier_round(rnd):
             return self.base.configure_train(rnd, weights, clients, rng)
-        chosen = sample_clients(clients, self.num_fit_clients(len(clients)), rng)
-        config = self.fit_config_for(rnd)
-        return [(c, FitIns(weights=weights, config=config)) for c in chosen]
+        # the default hook: the base's client count and this round's classifier-only config, no aux
+        return super().configure_train(rnd, weights, clients, rng)
 
     def aggregate_train(self, rnd: int, weights: Weights, results: list[FitRes], failures: list[Failure]) -> Weights:
         if not self.is_classifier_round(rnd):
