@@ -25,8 +25,16 @@ STRATEGY       ?= fedavg
 CLASS_WEIGHTING ?= false
 LOCAL_NORM     ?= false
 MAX_STEPS_PER_EPOCH ?= 0
-# CLASSIFIER_ROUNDS=N: the last N of the ROUNDS re-train only the classifier layer (features frozen)
+# CLASSIFIER_ROUNDS=N: the last N of the ROUNDS re-train only the classifier layer (features frozen),
+# with their own CLASSIFIER_LEARNING_RATE (0 = LEARNING_RATE), CLASSIFIER_EPOCHS (0 = LOCAL_EPOCHS),
+# CLASSIFIER_OPTIMIZER and CLASSIFIER_AUGMENT (empty = OPTIMIZER / AUGMENT)
 CLASSIFIER_ROUNDS ?= 0
+CLASSIFIER_LEARNING_RATE ?= 0
+CLASSIFIER_EPOCHS ?= 0
+CLASSIFIER_OPTIMIZER ?=
+CLASSIFIER_AUGMENT ?=
+# FREEZE_CLASSIFIER=true: FedBABU, the classifier layer stays at its initial weights until the classifier rounds
+FREEZE_CLASSIFIER ?= false
 SCHEDULE       ?= full
 RECYCLE_FRACTION ?= 0.6
 PARTICIPATION  ?= all
@@ -42,7 +50,8 @@ BASELINE_RUN   ?=
 EPOCHS         ?= 0
 # TTA=true: the final test report scores the mean over each test image's 8 dihedral views (up and central);
 # make central only: LR_WARMUP_EPOCHS (linear warm-up, step by step), EMA_DECAY (weight moving average, 0 = off),
-# INIT_RUN=<RUN_ID of a finished run> (start from its final.keras: a warm restart)
+# INIT_RUN=<RUN_ID of a finished run>: start from its final.keras (make central: a warm restart; make up:
+# the federation starts there, e.g. CLASSIFIER_ROUNDS=ROUNDS re-trains a finished run's classifier)
 TTA            ?= false
 LR_WARMUP_EPOCHS ?= 0
 EMA_DECAY      ?= 0
@@ -101,7 +110,8 @@ export CLIENTS SPLIT ROUNDS MODEL IMAGE_SIZE LOCAL_EPOCHS BATCH_SIZE LEARNING_RA
        STRATEGY STRATEGY_PARAMS MIN_CLIENTS FRACTION_FIT ROUND_TIMEOUT SEED TF_THREADS METRICS_PORT \
        AGGREGATOR_PORT RUN_ID HEMAFED_TAG DATA_MOUNTS RESULTS_DIR CLASS_WEIGHTING LOCAL_NORM \
        MAX_STEPS_PER_EPOCH SCHEDULE RECYCLE_FRACTION PARTICIPATION DEPARTED DP_CLIP_NORM DP_NOISE_MULTIPLIER DP_DELTA \
-       CLASSIFIER_ROUNDS
+       CLASSIFIER_ROUNDS CLASSIFIER_LEARNING_RATE CLASSIFIER_EPOCHS CLASSIFIER_OPTIMIZER CLASSIFIER_AUGMENT \
+       FREEZE_CLASSIFIER
 export HOSPITALS DATASET_LABEL CERTS_DIR
 export LOCAL_BASELINE BASELINE_RUN EPOCHS TTA LR_WARMUP_EPOCHS EMA_DECAY INIT_RUN
 export WAIT_FOR_CLIENTS ROUND_RETRIES ATTACK ATTACKER ATTACK_SCALE ATTACK_NOISE_STD
@@ -138,8 +148,11 @@ help: ## this help
 	@echo "  PARTICIPATION=$(PARTICIPATION)  all | random:<p> | schedule:hospital-2=3-5;... ; DEPARTED=$(DEPARTED) (drop|keep)"
 	@echo "  DP_CLIP_NORM=$(DP_CLIP_NORM) DP_NOISE_MULTIPLIER=$(DP_NOISE_MULTIPLIER) DP_DELTA=$(DP_DELTA)  hospital DP-SGD"
 	@echo "  LOCAL_NORM=$(LOCAL_NORM) (FedBN) CLASS_WEIGHTING=$(CLASS_WEIGHTING) MAX_STEPS_PER_EPOCH=$(MAX_STEPS_PER_EPOCH) CLASSIFIER_ROUNDS=$(CLASSIFIER_ROUNDS)"
+	@echo "    classifier rounds' own: CLASSIFIER_LEARNING_RATE=$(CLASSIFIER_LEARNING_RATE) CLASSIFIER_EPOCHS=$(CLASSIFIER_EPOCHS) (0 = the run's) CLASSIFIER_OPTIMIZER=$(CLASSIFIER_OPTIMIZER) CLASSIFIER_AUGMENT=$(CLASSIFIER_AUGMENT) (empty = the run's)"
+	@echo "    FREEZE_CLASSIFIER=$(FREEZE_CLASSIFIER) (FedBABU: the classifier stays at its initial weights until the classifier rounds)"
 	@echo "  LOCAL_BASELINE=$(LOCAL_BASELINE) (hospitals' local models vs federated) BASELINE_RUN=<central run id> EPOCHS=$(EPOCHS) (make central; 0 = ROUNDS x LOCAL_EPOCHS)"
-	@echo "  TTA=$(TTA) (test report over 8 dihedral views)  make central only: LR_WARMUP_EPOCHS=$(LR_WARMUP_EPOCHS) EMA_DECAY=$(EMA_DECAY) (weight moving average) INIT_RUN=$(INIT_RUN) (continue that run)"
+	@echo "  TTA=$(TTA) (test report over 8 dihedral views)  make central only: LR_WARMUP_EPOCHS=$(LR_WARMUP_EPOCHS) EMA_DECAY=$(EMA_DECAY) (weight moving average)"
+	@echo "  INIT_RUN=$(INIT_RUN) (start from that finished run's final.keras: make central continues it, make up federates from it)"
 
 docker: ## install and start Docker where it is missing (Debian, root)
 	@scripts/ensure-docker.sh

@@ -24,7 +24,8 @@ Config (unknown keys are refused; see experiments/*.yaml)::
 Settings are the ``make up`` options in lower case (clients, split, alpha, dataset,
 source_proportions, strategy, strategy_params (a mapping), rounds, schedule, participation, ...: every
 field of the aggregator's RunConfig, plus the data options); ``seed`` and ``run_id`` are the
-runner's. A grid/sweep axis may list values (``[0.001, 0.01]``) or name them
+runner's. ``init_run`` (start from a finished run's final weights) may name an earlier scenario of
+the same config: its run of the same seed. A grid/sweep axis may list values (``[0.001, 0.01]``) or name them
 (``{slow: 0.001, fast: 0.01}``); scenario names derive from the values (``lr0.001-e2``).
 
 Resumable: a run whose results exist (``results/<RUN_ID>/run.json`` finished and
@@ -74,7 +75,7 @@ DATA_SETTINGS: dict[str, Any] = {
     "tf_threads": int,
 }
 #: options of the centralized baseline only (make central)
-CENTRAL_SETTINGS: dict[str, Any] = {"epochs": int, "lr_warmup_epochs": int, "ema_decay": float, "init_run": str}
+CENTRAL_SETTINGS: dict[str, Any] = {"epochs": int, "lr_warmup_epochs": int, "ema_decay": float}
 #: options of the simulation engine only
 SIMULATION_SETTINGS: dict[str, Any] = {
     "concurrency": int, "min_per_hospital": int, "val_fraction": float, "test_fraction": float,
@@ -342,6 +343,19 @@ def _variants(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _resolve_init_run(cfg: ExperimentConfig, settings: dict[str, Any], seed: int, *, earlier: set[str],
+                      where: str) -> dict[str, Any]:
+    """``init_run`` naming a scenario of this experiment means that scenario's run of the same seed
+    (``<experiment>-<scenario>-<seed>``), which must come earlier; any other value is a RUN_ID."""
+    init = settings.get("init_run")
+    if init and init in earlier:
+        return {**settings, "init_run": f"{cfg.name}-{init}-{seed}"}
+    if init and init in {sc.name for sc in cfg.scenarios}:
+        raise ConfigError(f"{where}: init_run {init!r} names a scenario that runs later (or is this one): "
+                          "list it first")
+    return settings
+
+
 def expand(cfg: ExperimentConfig) -> list[PlannedRun]:
     """Every run of the experiment, in order (scenarios x grid/sweep variants x seeds); a variant
     of a scenario whose settings equal an earlier variant's is dropped (a sweep's base value)."""
@@ -368,7 +382,9 @@ def expand(cfg: ExperimentConfig) -> list[PlannedRun]:
                     raise ConfigError(f"run id {run_id!r} is not a valid RUN_ID (at most 64 of "
                                       "[A-Za-z0-9_.-]): "
                                       "shorten the experiment or scenario name, or name the axis values")
-                runs.append(PlannedRun(run_id, name, seed, sc.kind, engine, settings, varied))
+                resolved = _resolve_init_run(cfg, settings, seed, earlier={r.scenario for r in runs},
+                                             where=f"scenario {name}")
+                runs.append(PlannedRun(run_id, name, seed, sc.kind, engine, resolved, varied))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})

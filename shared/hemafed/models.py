@@ -23,8 +23,10 @@ nothing is ever downloaded at run time, and a missing file is a clear error.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -222,3 +224,34 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> None:
 
 def load_model(path: str | os.PathLike) -> keras.Model:
     return keras.models.load_model(str(path), compile=False)
+
+
+def finished_run(folder: Path, task: TaskSpec) -> dict[str, Any]:
+    """Where a run that starts from a finished run's weights (``INIT_RUN``) starts: ``folder/final.keras``
+    and its ``final.json``, refused (ModelError, with the reason) unless that run trained the same
+    model, image size and classes. Returns what the new run records about it (``initialised_from``)."""
+    path, meta_path = folder / "final.keras", folder / "final.json"
+    if not path.is_file() or not meta_path.is_file():
+        raise ModelError(f"INIT_RUN={folder.name}: no final.keras and final.json in {folder} "
+                         "(the run to start from must have finished)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        earlier = meta["task"]
+        mismatch = [f"{k} {earlier.get(k)!r} there, {getattr(task, k)!r} here"
+                    for k in ("model", "image_size", "classes") if earlier.get(k) != getattr(task, k)]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"INIT_RUN={folder.name}: unreadable {meta_path.name}: {exc}") from None
+    if mismatch:
+        raise ModelError(f"INIT_RUN={folder.name} trained another task: " + "; ".join(mismatch))
+    # a centralized run counts epochs, a federated one rounds (its best by the hospitals' median)
+    length = {k: meta[k] for k in ("epochs", "rounds") if k in meta}
+    return {"run_id": folder.name, "path": str(path), **length, "strategy": meta.get("strategy"),
+            "best_val_accuracy": meta.get("best_val_accuracy", meta.get("best_val_accuracy_median"))}
+
+
+def load_weights_from(model: keras.Model, path: str | os.PathLike) -> None:
+    """Every weight of ``model`` from the saved model at ``path`` (Keras checks the count and shapes)."""
+    try:
+        model.set_weights(load_model(path).get_weights())
+    except ValueError as exc:
+        raise ModelError(f"{path}: its weights do not fit the model: {exc}") from None

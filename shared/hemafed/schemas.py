@@ -49,6 +49,9 @@ class FitConfig(BaseModel):
     #: classifier re-training (hemafed_aggregator.strategies.classifier_retraining): only the layer
     #: named "classifier" trains; every other weight comes back exactly as it was sent
     classifier_only: bool = False
+    #: FedBABU (Oh et al. 2022): the layer named "classifier" does not train (it comes back exactly as
+    #: sent, at its initial weights when every round freezes it); the rest of the model does
+    frozen_classifier: bool = False
     #: FedDyn (Acar et al. 2021) dynamic-regulariser coefficient alpha (0 = off): the hospital
     #: minimises L_k(t) - <g_k, t> + alpha/2 ||t - global||^2, then g_k <- g_k - alpha (t - global)
     feddyn_alpha: float = Field(0.0, ge=0)

@@ -18,7 +18,9 @@ The client optimizer is fresh each round (its slots are reset), as in FedAvg / T
 With ``FitConfig.classifier_only`` (classifier re-training rounds) the forward pass runs in
 inference mode (the features the model predicts with), every gradient except those of the layer
 named ``classifier`` is masked to zero, and the other variables are restored to their values at
-the start of the call afterwards: the feature extractor comes back bit for bit as sent.
+the start of the call afterwards: the feature extractor comes back bit for bit as sent. With
+``FitConfig.frozen_classifier`` (FedBABU, Oh et al. 2022) it is the other way round: training-mode
+forward pass, the classifier's gradients masked and its variables restored, everything else trains.
 
 A second compiled step does sample-level DP-SGD (Abadi et al. 2016, Algorithm 1) when
 ``FitConfig.dp_clip_norm > 0``: per-example gradients of the data loss (``tf.vectorized_map``
@@ -443,6 +445,12 @@ class LocalTrainer:
             raise UnsupportedConfig(
                 "classifier-only rounds are not run under DP-SGD: their privacy cost would need its own "
                 "accounting; use one or the other")
+        if config.classifier_only and config.frozen_classifier:
+            raise UnsupportedConfig("classifier_only and frozen_classifier together would train nothing")
+        if dp and config.frozen_classifier:
+            raise UnsupportedConfig(
+                "a frozen classifier (FedBABU) is not run under DP-SGD: the DP step clips and noises "
+                "every variable; use one or the other")
         if dp:
             bn = batch_statistics_layers(self.model)
             if bn:
@@ -459,7 +467,12 @@ class LocalTrainer:
         offsets = tf.constant(calibration_offsets(labels, num_classes, config.logit_calibration_tau))
         variables = self.model.trainable_variables
         anchors = [tf.constant(v.numpy()) for v in variables]
-        trains = classifier_mask(self.model) if config.classifier_only else [True] * len(variables)
+        if config.classifier_only:
+            trains = classifier_mask(self.model)
+        elif config.frozen_classifier:
+            trains = [not head for head in classifier_mask(self.model)]
+        else:
+            trains = [True] * len(variables)
         mask = [tf.constant(1.0 if t else 0.0, v.dtype) for t, v in zip(trains, variables)]
         frozen = [(v, a) for v, a, t in zip(variables, anchors, trains) if not t]
         if corrections is None:

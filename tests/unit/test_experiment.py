@@ -171,6 +171,28 @@ def test_a_too_long_run_id_is_refused():
         ex.expand(c)
 
 
+def test_init_run_naming_an_earlier_scenario_means_its_run_of_the_same_seed():
+    c = cfg(seeds=[0, 1], scenarios=[
+        {"name": "long", "settings": {"rounds": 6}},
+        {"name": "crt", "settings": {"init_run": "long", "classifier_rounds": 2, "classifier_optimizer": "sgd"}},
+        {"name": "elsewhere", "settings": {"init_run": "pbc-figures-central-0"}},
+        {"name": "warm", "kind": "central", "settings": {"init_run": "long", "epochs": 2}}])
+    runs = {r.run_id: r for r in ex.expand(c)}
+    assert runs["exp-crt-0"].settings["init_run"] == "exp-long-0"
+    assert runs["exp-crt-1"].settings["init_run"] == "exp-long-1"
+    assert runs["exp-crt-1"].settings["classifier_optimizer"] == "sgd" and runs["exp-long-1"].settings["rounds"] == 6
+    assert runs["exp-elsewhere-1"].settings["init_run"] == "pbc-figures-central-0"  # any other value: a RUN_ID
+    assert runs["exp-warm-1"].settings["init_run"] == "exp-long-1"  # make central starts there too
+    assert runs["exp-crt-1"].varied["init_run"] == "long"  # the table shows the setting as written
+    assert "INIT_RUN=exp-long-1" in ex.command_for(runs["exp-crt-1"], results_dir=Path("/r"))  # make up
+    for later in ("crt", "late"):  # the run it names must exist when this one starts
+        bad = cfg(scenarios=[{"name": "crt", "settings": {"init_run": later, "classifier_rounds": 1}},
+                             {"name": "late", "settings": {"rounds": 3}}])
+        with pytest.raises(ex.ConfigError, match=f"scenario crt: init_run '{later}' names a scenario that runs "
+                                                 "later \\(or is this one\\): list it first"):
+            ex.expand(bad)
+
+
 def test_only_selects_scenarios_by_name_or_glob():
     runs = ex.expand(cfg(scenarios=[{"name": "fl-iid"}, {"name": "fl-source"}, {"name": "global"}]))
     assert [r.scenario for r in ex.select(runs, "global")] == ["global"]
@@ -504,7 +526,7 @@ SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
     "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (7, {"stack"}),
     "dp-client-level": (3, {"simulation"}),
-    "label-skew": (17, {"simulation", "stack"}),
+    "label-skew": (20, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),
 }
 

@@ -247,3 +247,23 @@ def test_classifier_round_keeps_feddyn_state_and_returns_the_features_as_sent(ag
     with pytest.raises(AgentError, match="not run under DP-SGD") as e:
         fit(agent, r2.weights, 3, config(classifier_only=True, dp_clip_norm=1.0, dp_noise_multiplier=1.0))
     assert e.value.status == 422
+
+
+def test_fedbabu_round_returns_the_classifier_as_sent(agent, initial, calls):
+    """FedBABU (frozen_classifier) under FedDyn: the classifier comes back bit for bit, the rest
+    trained; FedDyn's g_k stays 0 on the classifier (t - global is 0 there); DP-SGD with it is a 422."""
+    from hemafed.models import build_model
+    from hemafed.training import classifier_mask
+
+    heads = classifier_mask(build_model("cnn", 2, 16, seed=5))
+    r1 = fit(agent, initial, 1, config(feddyn_alpha=0.5, frozen_classifier=True))
+    assert calls[0]["config"].frozen_classifier is True
+    for sent, back, head, g in zip(initial, r1.weights, heads, agent.state(TASK).feddyn_g):
+        if head:
+            np.testing.assert_array_equal(back, sent)
+            np.testing.assert_array_equal(g, 0.0)
+        else:
+            assert np.abs(back - sent).max() > 0
+    with pytest.raises(AgentError, match="FedBABU") as e:
+        fit(agent, r1.weights, 2, config(frozen_classifier=True, dp_clip_norm=1.0, dp_noise_multiplier=1.0))
+    assert e.value.status == 422

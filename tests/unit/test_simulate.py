@@ -181,6 +181,90 @@ async def test_classifier_rounds_retrain_the_classifier_on_frozen_features(data5
                                  "num_clients": None, "classifier_rounds": 1}
 
 
+@pytest.mark.anyio
+async def test_freeze_classifier_keeps_the_initial_classifier_through_the_rounds(data5, tmp_path):
+    """FedBABU end to end (FedAvgM: momentum would move a weight whose update were not exactly 0):
+    after 2 rounds the classifier is the model's initial one, bit for bit, and the rest has trained."""
+    from hemafed.models import build_for_task, get_exchanged, load_model
+    from hemafed.schemas import TaskSpec
+    from hemafed.training import classifier_mask
+
+    data, _ = data5
+    run = RunConfig.model_validate({"image_size": 16, "local_epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2,
+                                    "split": "iid", "dataset": "synthetic", "run_id": "babu", "rounds": 2,
+                                    "freeze_classifier": True, "strategy": "fedavgm",
+                                    "strategy_params": {"server_lr": 1.0, "server_momentum": 0.9}})
+    state = await sim.simulate(run, data, results_dir=tmp_path, concurrency=2)
+    assert state.status == "finished", state.message
+    final = load_model(tmp_path / "babu" / "final.keras")
+    task = TaskSpec.model_validate(json.loads((tmp_path / "babu" / "final.json").read_text())["task"])
+    initial = build_for_task(task)
+    heads = classifier_mask(final)
+    for a, b, head in zip(get_exchanged(initial), get_exchanged(final), heads):
+        if head:
+            np.testing.assert_array_equal(b, a)
+        else:
+            assert abs(a - b).max() > 0
+
+
+@pytest.mark.anyio
+async def test_init_run_starts_a_federation_from_a_finished_runs_final_weights(data5, tmp_path):
+    """A 1-round run, then a run of classifier rounds only from its final weights (INIT_RUN) with the
+    classifier rounds' own settings: every weight but the classifier's is the finished run's, the
+    start is recorded, and a missing run or a run of another task fails the run with the reason."""
+    from hemafed.models import get_exchanged, load_model
+    from hemafed.training import classifier_mask
+
+    data, _ = data5
+    base = {"image_size": 16, "local_epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2, "split": "iid",
+            "dataset": "synthetic", "seed": 3}
+    first = RunConfig.model_validate({**base, "run_id": "first", "rounds": 1})
+    state = await sim.simulate(first, data, results_dir=tmp_path, concurrency=2)
+    assert state.status == "finished" and state.initialised_from is None
+    # every round a classifier round: allowed only because the features come trained
+    crt = RunConfig.model_validate({**base, "run_id": "crt", "rounds": 1, "classifier_rounds": 1, "init_run": "first",
+                                    "classifier_learning_rate": 0.05, "classifier_optimizer": "sgd",
+                                    "classifier_epochs": 2, "classifier_augment": "false"})
+    state = await sim.simulate(crt, data, results_dir=tmp_path, concurrency=2)
+    assert state.status == "finished", state.message
+    first_meta = json.loads((tmp_path / "first" / "final.json").read_text())
+    expected = {"run_id": "first", "path": str(tmp_path / "first" / "final.keras"), "rounds": 1,
+                "strategy": first_meta["strategy"], "best_val_accuracy": first_meta["best_val_accuracy_median"]}
+    assert state.initialised_from == expected
+    assert json.loads((tmp_path / "crt" / "run.json").read_text())["initialised_from"] == expected
+    final = json.loads((tmp_path / "crt" / "final.json").read_text())
+    assert final["initialised_from"] == expected
+    assert final["strategy"] == {"name": "fedavg", "fraction_fit": 1.0, "min_fit_clients": 2, "server_lr": 1.0,
+                                 "weighted": True, "classifier_rounds": 1, "classifier_learning_rate": 0.05,
+                                 "classifier_local_epochs": 2, "classifier_optimizer": "sgd",
+                                 "classifier_augment": False}
+    hospitals = state.rounds[0]["hospitals"]
+    assert state.rounds[0]["report"]["classifier_only"] is True
+    assert all(h["status"] == "ok" for h in hospitals.values())
+    m1, m2 = (load_model(tmp_path / r / "final.keras") for r in ("first", "crt"))
+    heads = classifier_mask(m2)
+    assert any(heads) and not all(heads)
+    for a, b, head in zip(get_exchanged(m1), get_exchanged(m2), heads):
+        if head:
+            assert abs(a - b).max() > 0
+        else:  # the finished run's extractor, bit for bit (a fresh start would differ: seed 3 vs trained)
+            np.testing.assert_array_equal(b, a)
+
+    # refused with the reason, nothing of the finished run lost
+    missing = crt.model_copy(update={"run_id": "crt-missing", "init_run": "no-such-run"})
+    state = await sim.simulate(missing, data, results_dir=tmp_path, concurrency=2)
+    assert state.status == "failed" and "INIT_RUN=no-such-run: no final.keras and final.json" in state.message
+    other = tmp_path / "other-size"
+    other.mkdir()
+    (other / "final.keras").write_bytes((tmp_path / "first" / "final.keras").read_bytes())
+    (other / "final.json").write_text(json.dumps({**first_meta, "task": {**first_meta["task"], "image_size": 32}}))
+    state = await sim.simulate(crt.model_copy(update={"run_id": "crt-other", "init_run": "other-size"}), data,
+                               results_dir=tmp_path, concurrency=2)
+    assert state.status == "failed"
+    assert "INIT_RUN=other-size trained another task: image_size 32 there, 16 here" in state.message
+    assert (tmp_path / "first" / "final.keras").is_file() and (tmp_path / "first" / "test_results.json").is_file()
+
+
 def test_cli_runs_with_per_hospital_models_under_fedbn(data5, tmp_path, capsys):
     data, _ = data5
     rc = sim.main(["--data-mounts", str(data.root), "--clients", "2", "--rounds", "1", "--local-norm", "true",

@@ -369,6 +369,39 @@ def test_classifier_only_refusals(runner_nodrop):
         classifier_mask(headless)
 
 
+def test_frozen_classifier_trains_everything_but_the_classifier(runner_nodrop):
+    """FedBABU: the classifier comes back bit for bit; the rest takes the plain step (one full-batch
+    SGD step from the same point has the same gradient for it), and over several Adam steps with
+    corrections the classifier still never moves."""
+    from hemafed.training import classifier_mask
+
+    model = runner_nodrop.trainer.model
+    heads = classifier_mask(model)
+    sizes = [int(np.prod(v.shape)) for v in model.trainable_variables]
+    on_head = np.concatenate([np.full(n, h) for n, h in zip(sizes, heads)])
+    plain, _ = runner_nodrop.delta(sgd())
+    body, result = runner_nodrop.delta(sgd(frozen_classifier=True))
+    assert result.steps == 1
+    np.testing.assert_array_equal(body[on_head], 0.0)
+    np.testing.assert_allclose(body[~on_head], plain[~on_head], rtol=1e-5, atol=1e-7)
+    assert np.abs(body[~on_head]).max() > 0
+    adam = FitConfig(local_epochs=2, batch_size=4, learning_rate=1e-2, optimizer="adam", augment=False,
+                     proximal_mu=0.5, frozen_classifier=True)
+    corrections = [np.full(v.shape, 0.3, np.float32) for v in model.trainable_variables]
+    moved, _ = runner_nodrop.delta(adam, corrections=corrections)
+    np.testing.assert_array_equal(moved[on_head], 0.0)
+    assert np.abs(moved[~on_head]).max() > 0
+
+
+def test_frozen_classifier_refusals(runner_nodrop):
+    with pytest.raises(UnsupportedConfig, match="FedBABU.*not run under DP-SGD"):
+        runner_nodrop.trainer.fit(IMAGES, LABELS, sgd(frozen_classifier=True, dp_clip_norm=1.0), seed=1,
+                                  num_classes=2)
+    with pytest.raises(UnsupportedConfig, match="would train nothing"):
+        runner_nodrop.trainer.fit(IMAGES, LABELS, sgd(frozen_classifier=True, classifier_only=True), seed=1,
+                                  num_classes=2)
+
+
 def test_classifier_only_leaves_batchnorm_statistics_alone():
     model = build_model("cnn-bn", 2, SIZE, seed=0)
     trainer = LocalTrainer(model)

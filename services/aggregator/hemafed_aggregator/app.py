@@ -33,7 +33,8 @@ def fit_config_of(run: RunConfig) -> FitConfig:
                      optimizer=run.optimizer, augment=run.augment, class_weighting=run.class_weighting,
                      dp_clip_norm=run.dp_clip_norm, dp_noise_multiplier=run.dp_noise_multiplier,
                      dp_delta=run.dp_delta, max_steps_per_epoch=run.max_steps_per_epoch,
-                     schedule=run.schedule, schedule_parts=run.rounds, recycle_fraction=run.recycle_fraction)
+                     schedule=run.schedule, schedule_parts=run.rounds, recycle_fraction=run.recycle_fraction,
+                     frozen_classifier=run.freeze_classifier)
 
 
 def strategy_of(run: RunConfig) -> Strategy:
@@ -42,7 +43,11 @@ def strategy_of(run: RunConfig) -> Strategy:
                               min_fit_clients=run.min_clients, lr_schedule=run.lr_schedule,
                               lr_min_fraction=run.lr_min_fraction, total_rounds=run.rounds, **run.strategy_params)
     if run.classifier_rounds:
-        strategy = ClassifierRetraining(strategy, rounds=run.classifier_rounds)
+        strategy = ClassifierRetraining(strategy, rounds=run.classifier_rounds,
+                                        learning_rate=run.classifier_learning_rate or None,
+                                        local_epochs=run.classifier_epochs or None,
+                                        optimizer=run.classifier_optimizer or None,
+                                        augment=run.classifier_augment, trained_start=bool(run.init_run))
     return strategy
 
 

@@ -15,7 +15,13 @@ from hemafed.report import (classification_metrics, classification_report, per_s
                             tta_report, write_report_files)
 from hemafed.schemas import TaskSpec
 
-__all__ = ["classification_report", "evaluate_on_test", "export_saved_model", "initial_weights", "load_test_set", "predict", "save_keras"]
+__all__ = ["InitRunError", "classification_report", "evaluate_on_test", "export_saved_model", "finished_run_weights",
+           "initial_weights", "load_test_set", "predict", "save_keras"]
+
+
+class InitRunError(ValueError):
+    """The finished run named by INIT_RUN cannot start this run (missing, another task, weights
+    that do not fit)."""
 
 
 def _build(task: TaskSpec):
@@ -29,6 +35,21 @@ def initial_weights(task: TaskSpec) -> tuple[list[np.ndarray], dict[str, int]]:
 
     model = _build(task)
     return get_exchanged(model, local_norm=task.local_norm), count_params(model)
+
+
+def finished_run_weights(task: TaskSpec, folder: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The exchanged weights of a finished run's ``final.keras`` (``INIT_RUN``) and what the new run
+    records about that start (``initialised_from``); InitRunError with the reason when that run is
+    missing, trained another task (:func:`hemafed.models.finished_run`) or its weights do not fit."""
+    from hemafed.models import ModelError, finished_run, get_exchanged, load_weights_from
+
+    model = _build(task)
+    try:
+        start = finished_run(folder, task)
+        load_weights_from(model, start["path"])
+    except ModelError as exc:
+        raise InitRunError(str(exc)) from None
+    return get_exchanged(model, local_norm=task.local_norm), start
 
 
 def save_keras(task: TaskSpec, weights: list[np.ndarray], path: Path, metadata: dict[str, Any]) -> None:

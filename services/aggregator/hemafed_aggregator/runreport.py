@@ -108,7 +108,8 @@ async def local_vs_federated(server: FederatedServer, best: Weights, initial: We
 
     task, cfg = server.task, server.run_cfg
     assert task is not None
-    config = fit_config_of(cfg)
+    # the hospital alone trains its whole model (no FedBABU head freezing: that is a federated recipe)
+    config = fit_config_of(cfg).model_copy(update={"frozen_classifier": False})
     timeout = cfg.round_timeout * cfg.rounds
     # each local pass at the rate of the matching federated round (LR_SCHEDULE)
     rates = [server.strategy.fit_config_for(r).learning_rate for r in range(1, cfg.rounds + 1)]

@@ -75,6 +75,8 @@ class RunState:
     classes: list[str] = field(default_factory=list)
     #: rounds after which this run was resumed from its checkpoint (an aggregator restart each)
     resumed_from: list[int] = field(default_factory=list)
+    #: the finished run whose final weights this run started from (INIT_RUN), else None
+    initialised_from: dict[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
@@ -140,6 +142,12 @@ class FederatedServer:
         healthy = await self._wait_for_clients()
         self.task = await self._agree_task(healthy)
         self.weights, params = await asyncio.to_thread(modelops.initial_weights, self.task)
+        if cfg.init_run:  # a finished run's final weights instead (same model, size and classes)
+            try:
+                self.weights, self.state.initialised_from = await asyncio.to_thread(
+                    modelops.finished_run_weights, self.task, self.run_dir.parent / cfg.init_run)
+            except modelops.InitRunError as exc:
+                raise RunFailed(str(exc)) from None
         spec = spec_of(self.weights)
         self.weights = self.strategy.initialize(self.weights)
         start = self._resume(spec)
@@ -147,6 +155,7 @@ class FederatedServer:
             id=cfg.run_id, rounds_total=cfg.rounds, clients=len(self.clients), split=cfg.split,
             model=cfg.model, dataset=cfg.dataset, strategy=self.strategy.name,
             config={**cfg.model_dump(mode="json"), "strategy": self.strategy.describe(), "params": params,
+                    "initialised_from": self.state.initialised_from,
                     "classes": self.task.classes, "hospital_data": self.hospital_data},
         ))
         await self._report_resume()
@@ -372,7 +381,7 @@ class FederatedServer:
         best = self.best_weights if self.best_weights is not None else self.weights
         meta = {"run_id": self.run_cfg.run_id, "best_round": self.state.best_round,
                 "best_val_accuracy_median": self.state.best_val_accuracy, "rounds": self.run_cfg.rounds,
-                "strategy": self.strategy.describe()}
+                "strategy": self.strategy.describe(), "initialised_from": self.state.initialised_from}
         await asyncio.to_thread(modelops.save_keras, self.task, best, self.run_dir / "best.keras",
                                 {**meta, "kind": "best"})
         await asyncio.to_thread(modelops.save_keras, self.task, self.weights, self.run_dir / "final.keras",

@@ -94,6 +94,22 @@ class RunConfig(BaseSettings):
     #: the last CLASSIFIER_ROUNDS of the ROUNDS re-train only the classifier layer on the frozen
     #: feature extractor, averaged by examples (hemafed_aggregator.strategies.classifier_retraining)
     classifier_rounds: int = Field(0, ge=0)
+    #: FedBABU (Oh et al. 2022): the classifier layer stays at its initial weights in every round
+    #: but the classifier rounds (hospitals mask its gradients); the rest of the model learns features
+    #: for that fixed classifier, which the classifier rounds (if any) then re-train
+    freeze_classifier: bool = False
+    #: the classifier rounds' own local training (a convex problem on frozen features, which may want
+    #: other settings than the whole network): learning rate (0 = the run's, on its LR_SCHEDULE; set,
+    #: it is constant), local epochs (0 = LOCAL_EPOCHS), optimizer ('' = OPTIMIZER), augmentation
+    #: ('' / None = AUGMENT)
+    classifier_learning_rate: float = Field(0.0, ge=0, le=10)
+    classifier_epochs: int = Field(0, ge=0, le=100)
+    classifier_optimizer: Literal["", "adam", "sgd", "sgdm"] = ""
+    classifier_augment: bool | None = None
+    #: start from the final weights of a finished run in OUTPUT_DIR (its RUN_ID; '' = fresh weights):
+    #: same model, image size and classes, refused otherwise. With it every round may be a
+    #: classifier round (CLASSIFIER_ROUNDS = ROUNDS): the features come trained
+    init_run: str = Field("", pattern=r"^[A-Za-z0-9_.\-]{0,64}$")
     #: an update whose L2 norm (all exchanged tensors) exceeds this is refused like a malformed one
     max_update_norm: float = Field(1e6, gt=0)
     #: data over time at the hospitals: full | weekly (Case 1) | weekly-recycle (Case 2); the data
@@ -125,11 +141,44 @@ class RunConfig(BaseSettings):
                 raise ValueError("STRATEGY_PARAMS must be a JSON object")
         return v
 
+    @field_validator("classifier_augment", mode="before")
+    @classmethod
+    def _unset_augment(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v  # compose passes '' for "the run's"
+
     @model_validator(mode="after")
     def _classifier_rounds_within_run(self) -> RunConfig:
-        if self.classifier_rounds >= self.rounds:
-            raise ValueError(f"CLASSIFIER_ROUNDS ({self.classifier_rounds}) must be fewer than ROUNDS ({self.rounds}): "
-                             "they are the run's last rounds")
+        n, rounds = self.classifier_rounds, self.rounds
+        if self.init_run:
+            if n > rounds:
+                raise ValueError(f"CLASSIFIER_ROUNDS ({n}) cannot exceed ROUNDS ({rounds})")
+        elif n >= rounds:
+            raise ValueError(f"CLASSIFIER_ROUNDS ({n}) must be fewer than ROUNDS ({rounds}): they are the run's "
+                             "last rounds, after the features have trained (all of them only with INIT_RUN, "
+                             "from a trained model)")
+        own = {"CLASSIFIER_LEARNING_RATE": self.classifier_learning_rate > 0,
+               "CLASSIFIER_EPOCHS": self.classifier_epochs > 0,
+               "CLASSIFIER_OPTIMIZER": self.classifier_optimizer != "",
+               "CLASSIFIER_AUGMENT": self.classifier_augment is not None}
+        if not n and any(own.values()):
+            given = ", ".join(k for k, set_ in own.items() if set_)
+            raise ValueError(f"{given} only apply to classifier rounds: set CLASSIFIER_ROUNDS too")
+        return self
+
+    @model_validator(mode="after")
+    def _exclusive_options(self) -> RunConfig:
+        if self.init_run and self.init_run == self.run_id:
+            raise ValueError(f"INIT_RUN ({self.init_run}) must be another run than RUN_ID: "
+                             "this run writes there")
+        if self.freeze_classifier and self.dp_clip_norm > 0:
+            raise ValueError("FREEZE_CLASSIFIER under DP-SGD (DP_CLIP_NORM > 0): the DP step clips and "
+                             "noises every variable; use one or the other")
+        if self.freeze_classifier and self.strategy == "dp_fedavg":
+            raise ValueError("FREEZE_CLASSIFIER with dp_fedavg: the server's noise would move the "
+                             "classifier every round")
+        if self.init_run and self.local_norm:
+            raise ValueError("INIT_RUN with LOCAL_NORM: the hospitals' own normalisation layers are not "
+                             "in the finished run's final.keras")
         return self
 
     @field_validator("participation")

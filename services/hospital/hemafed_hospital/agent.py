@@ -19,6 +19,8 @@ Client side of the strategies that need one (the aggregator's strategies set the
   classifier layer's, so the rest of the model goes back exactly as it came; FedDyn's ``g_k`` and
   SCAFFOLD's ``c_i`` are kept for later rounds (those terms are off in these rounds). A DP-SGD
   config with it is refused with 422.
+* FedBABU (``frozen_classifier``): the other way round, the classifier layer's gradients masked and
+  its weights sent back exactly as received; refused with 422 under DP-SGD.
 * Data schedules (``schedule``): under ``weekly`` / ``weekly-recycle`` a round trains (and
   validates its update locally) on its part of the data only (:mod:`hemafed.data.schedule`);
   global validation (``evaluate``) always uses the whole local validation split.

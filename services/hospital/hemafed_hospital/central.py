@@ -362,34 +362,24 @@ class CentralRun:
 def _initial_model(s: CentralSettings, task: TaskSpec) -> dict[str, Any]:
     """Where an ``INIT_RUN`` start comes from (``OUTPUT_DIR/<INIT_RUN>/final.keras`` and its
     ``final.json``), refused unless that run trained the same model, image size and classes."""
-    folder = s.output_dir / s.init_run
-    path, meta_path = folder / "final.keras", folder / "final.json"
-    if not path.is_file() or not meta_path.is_file():
-        raise CentralError(f"INIT_RUN={s.init_run}: no final.keras and final.json in {folder} "
-                           "(the run to continue must have finished)")
+    from hemafed.models import ModelError, finished_run
+
     try:
-        meta = json.loads(meta_path.read_text())
-        earlier = meta["task"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CentralError(f"INIT_RUN={s.init_run}: unreadable {meta_path.name}: {exc}") from None
-    mismatch = [f"{k} {earlier.get(k)!r} there, {getattr(task, k)!r} here"
-                for k in ("model", "image_size", "classes") if earlier.get(k) != getattr(task, k)]
-    if mismatch:
-        raise CentralError(f"INIT_RUN={s.init_run} trained another task: " + "; ".join(mismatch))
-    return {"run_id": s.init_run, "path": str(path), "epochs": meta.get("epochs"),
-            "strategy": meta.get("strategy"), "best_val_accuracy": meta.get("best_val_accuracy")}
+        return finished_run(s.output_dir / s.init_run, task)
+    except ModelError as exc:
+        raise CentralError(str(exc)) from None
 
 
 def _build(task: TaskSpec, ema_decay: float = 0.0, init_path: str | None = None):
-    from hemafed.models import build_for_task, count_params, load_model
+    from hemafed.models import ModelError, build_for_task, count_params, load_weights_from
     from hemafed.training import LocalTrainer
 
     model = build_for_task(task)
     if init_path is not None:  # before the trainer: its moving average starts from these weights
-        try:  # Keras checks the count and every shape
-            model.set_weights(load_model(init_path).get_weights())
-        except ValueError as exc:
-            raise CentralError(f"{init_path}: its weights do not fit the model: {exc}") from None
+        try:
+            load_weights_from(model, init_path)
+        except ModelError as exc:
+            raise CentralError(str(exc)) from None
     return LocalTrainer(model, ema_decay=ema_decay), count_params(model)
 
 

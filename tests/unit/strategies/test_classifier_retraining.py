@@ -115,8 +115,42 @@ def test_refuses_dp_sgd_and_bad_round_counts() -> None:
         ClassifierRetraining(build_strategy("fedavg", total_rounds=3,
                                             fit_config=FitConfig(dp_clip_norm=1.0, dp_noise_multiplier=1.0)), rounds=1)
     for rounds in (0, 3, 4):
-        with pytest.raises(ValueError, match="fewer than the run's 3 rounds"):
+        with pytest.raises(ValueError, match="at most 2 of the run's 3 rounds .*: the features train first"):
             ClassifierRetraining(build_strategy("fedavg", total_rounds=3), rounds=rounds)
+    # from a trained model (INIT_RUN) every round may be a classifier round, but no more than that
+    whole = ClassifierRetraining(build_strategy("fedavg", total_rounds=3), rounds=3, trained_start=True)
+    assert [whole.is_classifier_round(r) for r in (1, 2, 3)] == [True, True, True]
+    for rounds in (0, 4):
+        with pytest.raises(ValueError, match="at most 3 of the run's 3 rounds"):
+            ClassifierRetraining(build_strategy("fedavg", total_rounds=3), rounds=rounds, trained_start=True)
+
+
+def test_classifier_rounds_own_settings() -> None:
+    """Their own learning rate (constant: the run's cosine schedule does not shrink it), epochs,
+    optimizer and augmentation, in the classifier rounds only; unset ones are the round's own."""
+    base = FedDyn(alpha=0.1, num_clients=4, total_rounds=4, lr_schedule="cosine", lr_min_fraction=0.0,
+                  fit_config=FitConfig(learning_rate=1e-3, local_epochs=2, optimizer="adam", augment=True))
+    s = ClassifierRetraining(base, rounds=2, learning_rate=0.05, optimizer="sgd", augment=False)
+    assert s.own == {"learning_rate": 0.05, "optimizer": "sgd", "augment": False}
+    for rnd in (1, 2):
+        cfg = s.fit_config_for(rnd)
+        assert cfg == base.fit_config_for(rnd) and cfg.optimizer == "adam" and cfg.augment is True
+    assert s.fit_config_for(2).learning_rate == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi / 4)))
+    for rnd in (3, 4):
+        (_, ins), *_ = s.configure_train(rnd, [arr(1)], CLIENTS, np.random.default_rng(0))
+        cfg = ins.config
+        assert (cfg.learning_rate, cfg.optimizer, cfg.augment, cfg.local_epochs) == (0.05, "sgd", False, 2)
+        assert cfg.classifier_only and cfg.feddyn_alpha == 0.0
+    assert s.describe() == {**base.describe(), "classifier_rounds": 2, "classifier_learning_rate": 0.05,
+                            "classifier_optimizer": "sgd", "classifier_augment": False}
+    # unset: the run's (scheduled) learning rate and the rest as the base sends them
+    plain = ClassifierRetraining(base, rounds=2, local_epochs=5)
+    assert plain.fit_config_for(4).learning_rate == base.fit_config_for(4).learning_rate
+    assert plain.fit_config_for(4).local_epochs == 5 and plain.fit_config_for(4).augment is True
+    # checked as a FitConfig: a bad value fails when the strategy is built, not in a round
+    for bad in ({"optimizer": "rmsprop"}, {"learning_rate": 20.0}, {"local_epochs": 0}):
+        with pytest.raises(ValidationError):
+            ClassifierRetraining(base, rounds=1, **bad)
 
 
 def test_run_config_wraps_and_checks() -> None:
@@ -126,3 +160,51 @@ def test_run_config_wraps_and_checks() -> None:
     assert not isinstance(strategy_of(RunConfig(rounds=5)), ClassifierRetraining)
     with pytest.raises(ValidationError, match="CLASSIFIER_ROUNDS \\(5\\) must be fewer than ROUNDS \\(5\\)"):
         RunConfig(rounds=5, classifier_rounds=5)
+    # with INIT_RUN (a trained model) every round may be a classifier round
+    whole = strategy_of(RunConfig(rounds=5, classifier_rounds=5, init_run="earlier", run_id="now"))
+    assert isinstance(whole, ClassifierRetraining) and whole.first == 1
+    with pytest.raises(ValidationError, match="CLASSIFIER_ROUNDS \\(6\\) cannot exceed ROUNDS \\(5\\)"):
+        RunConfig(rounds=5, classifier_rounds=6, init_run="earlier")
+    own = RunConfig(rounds=5, classifier_rounds=2, classifier_learning_rate=0.05, classifier_epochs=3,
+                    classifier_optimizer="sgd", classifier_augment="false")
+    assert strategy_of(own).own == {"learning_rate": 0.05, "local_epochs": 3, "optimizer": "sgd", "augment": False}
+    # compose passes '' for "the run's": unset, as are 0 and ''
+    assert RunConfig(rounds=5, classifier_rounds=2, classifier_augment="").classifier_augment is None
+    assert strategy_of(RunConfig(rounds=5, classifier_rounds=2)).own == {}
+    for field, value, name in (("classifier_learning_rate", 0.05, "CLASSIFIER_LEARNING_RATE"),
+                               ("classifier_epochs", 2, "CLASSIFIER_EPOCHS"),
+                               ("classifier_optimizer", "sgd", "CLASSIFIER_OPTIMIZER"),
+                               ("classifier_augment", False, "CLASSIFIER_AUGMENT")):
+        with pytest.raises(ValidationError, match=f"{name} only apply to classifier rounds: set CLASSIFIER_ROUNDS"):
+            RunConfig(rounds=5, **{field: value})
+    with pytest.raises(ValidationError, match="classifier_optimizer"):
+        RunConfig(rounds=5, classifier_rounds=1, classifier_optimizer="rmsprop")
+    with pytest.raises(ValidationError, match="INIT_RUN \\(same\\) must be another run than RUN_ID"):
+        RunConfig(run_id="same", init_run="same")
+    with pytest.raises(ValidationError, match="INIT_RUN with LOCAL_NORM"):
+        RunConfig(init_run="earlier", local_norm=True)
+    with pytest.raises(ValidationError, match="init_run"):
+        RunConfig(init_run="../elsewhere")
+
+
+def test_fedbabu_freezes_the_classifier_until_the_classifier_rounds() -> None:
+    """FREEZE_CLASSIFIER (FedBABU, Oh et al. 2022): every round but the classifier rounds asks the
+    hospitals to leave the classifier alone; the classifier rounds lift it. Refused where the
+    classifier would move anyway (the server's DP noise) or the hospitals cannot mask (DP-SGD)."""
+    run = RunConfig(rounds=4, classifier_rounds=1, freeze_classifier=True, strategy="feddyn",
+                    strategy_params={"alpha": 0.01})
+    s = strategy_of(run)
+    for rnd in (1, 2, 3):
+        (_, ins), *_ = s.configure_train(rnd, [arr(1)], CLIENTS, np.random.default_rng(0))
+        assert ins.config.frozen_classifier is True and ins.config.classifier_only is False
+        assert ins.config.feddyn_alpha == 0.01
+    (_, ins), *_ = s.configure_train(4, [arr(1)], CLIENTS, np.random.default_rng(0))
+    assert ins.config.frozen_classifier is False and ins.config.classifier_only is True
+    # without classifier rounds every round freezes it (the global model keeps its initial classifier)
+    alone = strategy_of(RunConfig(rounds=3, freeze_classifier=True))
+    assert all(alone.fit_config_for(r).frozen_classifier for r in (1, 2, 3))
+    assert strategy_of(RunConfig(rounds=3)).fit_config_for(1).frozen_classifier is False
+    with pytest.raises(ValidationError, match="FREEZE_CLASSIFIER under DP-SGD"):
+        RunConfig(freeze_classifier=True, dp_clip_norm=1.0, dp_noise_multiplier=1.0)
+    with pytest.raises(ValidationError, match="FREEZE_CLASSIFIER with dp_fedavg"):
+        RunConfig(freeze_classifier=True, strategy="dp_fedavg")

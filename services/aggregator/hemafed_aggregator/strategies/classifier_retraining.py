@@ -9,7 +9,8 @@ last ``N`` rounds the feature extractor is frozen where it stands and only the l
 
 * every hospital gets the round's FitConfig with ``classifier_only = True`` and the drift terms
   of the wrapped algorithm off (``proximal_mu = 0``, ``feddyn_alpha = 0``, ``scaffold = False``;
-  FedLC's calibration, a choice of loss, stays); the hospital masks every other gradient and sends
+  FedLC's calibration, a choice of loss, stays; FedBABU's ``frozen_classifier`` is lifted: this is
+  where its classifier trains); the hospital masks every other gradient and sends
   the other weights back exactly as it got them;
 * the answers are combined by the example-weighted mean (McMahan et al. 2017, Algorithm 1), so
   the frozen weights stay exactly where they are; the wrapped strategy's server state (momentum,
@@ -21,6 +22,11 @@ With frozen features the re-training is a convex problem (softmax regression), o
 the hospitals' classifiers after a short local run lands near the classifier trained on the
 pooled features. Differentially private and robust strategies are refused: these rounds would have
 neither their noise nor their protection.
+
+The classifier rounds may train with settings of their own (``learning_rate``, ``local_epochs``,
+``optimizer``, ``augment``; unset = the run's): a learning rate given here is constant over these
+rounds (the run's schedule does not shrink it). A run that starts from a trained model
+(``INIT_RUN``, ``trained_start=True``) may consist of classifier rounds only.
 """
 
 from __future__ import annotations
@@ -52,14 +58,23 @@ REFUSED = {
 
 
 class ClassifierRetraining(Strategy):
-    def __init__(self, base: Strategy, *, rounds: int) -> None:
+    def __init__(self, base: Strategy, *, rounds: int, learning_rate: float | None = None,
+                 local_epochs: int | None = None, optimizer: str | None = None, augment: bool | None = None,
+                 trained_start: bool = False) -> None:
         if base.name in REFUSED:
             raise ValueError(f"classifier re-training rounds cannot follow {base.name}: {REFUSED[base.name]}")
         if base.fit_config.dp_clip_norm > 0:
             raise ValueError("classifier re-training rounds are not run under DP-SGD (DP_CLIP_NORM > 0)")
-        if not 1 <= rounds < base.total_rounds:
-            raise ValueError(f"classifier rounds must be at least 1 and fewer than the run's {base.total_rounds} "
-                             f"rounds (got {rounds})")
+        most = base.total_rounds if trained_start else base.total_rounds - 1
+        if not 1 <= rounds <= most:
+            raise ValueError(f"classifier rounds must be at least 1 and at most {most} of the run's "
+                             f"{base.total_rounds} rounds (got {rounds})"
+                             + ("" if trained_start else ": the features train first"))
+        own = {"learning_rate": learning_rate, "local_epochs": local_epochs, "optimizer": optimizer,
+               "augment": augment}
+        #: the classifier rounds' own FitConfig fields (validated as a FitConfig: a bad value fails here)
+        self.own = {k: v for k, v in own.items() if v is not None}
+        FitConfig.model_validate({**base.fit_config.model_dump(), **self.own})
         super().__init__(fit_config=base.fit_config, fraction_fit=base.fraction_fit,
                          min_fit_clients=base.min_fit_clients, fraction_evaluate=base.fraction_evaluate,
                          min_evaluate_clients=base.min_evaluate_clients, lr_schedule=base.lr_schedule,
@@ -84,7 +99,8 @@ class ClassifierRetraining(Strategy):
         if not self.is_classifier_round(rnd):
             return config
         return config.model_copy(update={"classifier_only": True, "proximal_mu": 0.0, "feddyn_alpha": 0.0,
-                                         "scaffold": False})
+                                         "scaffold": False, "frozen_classifier": False,
+                                         **self.own})
 
     def configure_train(self, rnd: int, weights: Weights, clients: list[ClientRef],
                         rng: np.random.Generator) -> list[tuple[ClientRef, FitIns]]:
@@ -120,4 +136,5 @@ class ClassifierRetraining(Strategy):
         return self.base.round_report(rnd)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.base.describe(), "classifier_rounds": self.classifier_rounds}
+        return {**self.base.describe(), "classifier_rounds": self.classifier_rounds,
+                **{f"classifier_{k}": v for k, v in self.own.items()}}
