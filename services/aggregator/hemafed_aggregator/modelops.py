@@ -37,11 +37,12 @@ def initial_weights(task: TaskSpec) -> tuple[list[np.ndarray], dict[str, int]]:
     return get_exchanged(model, local_norm=task.local_norm), count_params(model)
 
 
-def finished_run_weights(task: TaskSpec, folder: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """The exchanged weights of a finished run's ``final.keras`` (``INIT_RUN``) and what the new run
-    records about that start (``initialised_from``); InitRunError with the reason when that run is
-    missing, trained another task (:func:`hemafed.models.finished_run`) or its weights do not fit."""
-    from hemafed.models import ModelError, finished_run, get_exchanged, load_weights_from
+def finished_run_weights(task: TaskSpec, folder: Path
+                         ) -> tuple[list[np.ndarray], dict[str, int], dict[str, Any]]:
+    """As :func:`initial_weights`, from a finished run's ``final.keras`` (``INIT_RUN``), plus what the
+    new run records about that start (``initialised_from``); InitRunError with the reason when that
+    run is missing, trained another task (:func:`hemafed.models.finished_run`) or its weights do not fit."""
+    from hemafed.models import ModelError, count_params, finished_run, get_exchanged, load_weights_from
 
     model = _build(task)
     try:
@@ -49,7 +50,7 @@ def finished_run_weights(task: TaskSpec, folder: Path) -> tuple[list[np.ndarray]
         load_weights_from(model, start["path"])
     except ModelError as exc:
         raise InitRunError(str(exc)) from None
-    return get_exchanged(model, local_norm=task.local_norm), start
+    return get_exchanged(model, local_norm=task.local_norm), count_params(model), start
 
 
 def save_keras(task: TaskSpec, weights: list[np.ndarray], path: Path, metadata: dict[str, Any]) -> None:

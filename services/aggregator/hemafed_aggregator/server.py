@@ -141,13 +141,14 @@ class FederatedServer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         healthy = await self._wait_for_clients()
         self.task = await self._agree_task(healthy)
-        self.weights, params = await asyncio.to_thread(modelops.initial_weights, self.task)
-        if cfg.init_run:  # a finished run's final weights instead (same model, size and classes)
+        if cfg.init_run:  # a finished run's final weights (same model, size and classes)
             try:
-                self.weights, self.state.initialised_from = await asyncio.to_thread(
+                self.weights, params, self.state.initialised_from = await asyncio.to_thread(
                     modelops.finished_run_weights, self.task, self.run_dir.parent / cfg.init_run)
             except modelops.InitRunError as exc:
                 raise RunFailed(str(exc)) from None
+        else:
+            self.weights, params = await asyncio.to_thread(modelops.initial_weights, self.task)
         spec = spec_of(self.weights)
         self.weights = self.strategy.initialize(self.weights)
         start = self._resume(spec)
