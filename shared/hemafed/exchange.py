@@ -7,6 +7,12 @@ safetensors header's ``__metadata__`` under the key ``hemafed`` as JSON, so one
 Tensor names are zero-padded positions (``"0000"``, ``"0001"``, ...) in the order of the
 model's exchanged variables; :func:`check_weights` compares a decoded list against the
 receiving side's expected shapes and dtypes and rejects non-finite values.
+
+A hospital's reply may leave out the tensors it sends back exactly as it received them
+(:func:`omit_unchanged`: a classifier re-training round changes only the classifier, FedBABU
+everything but it): ``extra["unchanged"]`` lists their positions, and the aggregator puts back
+what it sent (:func:`fill_unchanged`) before anything else looks at the update. The reply then
+carries only what training changed, so frozen layers do not travel upstream.
 """
 
 from __future__ import annotations
@@ -126,6 +132,50 @@ def _read_metadata(data: bytes) -> dict[str, Any]:
         if name != "__metadata__" and isinstance(entry, dict) and entry.get("dtype") not in _HEADER_DTYPES:
             raise ExchangeError(f"tensor {str(name)[:40]!r}: dtype {str(entry.get('dtype'))[:10]!r} is not allowed")
     return meta
+
+
+#: key in a reply's ``extra``: positions of the tensors left out because they are unchanged
+UNCHANGED_KEY = "unchanged"
+
+
+def omit_unchanged(weights: list[np.ndarray], received: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """The tensors of ``weights`` that differ from ``received`` (same position), and the positions
+    of those left out because they are bit for bit what was received (same shape, dtype and
+    bytes). What a hospital receives is checked finite, so a tensor that training made non-finite
+    always travels, and is rejected at the aggregator."""
+    if len(weights) != len(received):
+        raise ValueError(f"{len(weights)} tensors against {len(received)} received")
+    kept: list[np.ndarray] = []
+    left_out: list[int] = []
+    for i, (w, r) in enumerate(zip(weights, received)):
+        same = (w.shape == r.shape and w.dtype == r.dtype
+                and np.ascontiguousarray(w).tobytes() == np.ascontiguousarray(r).tobytes())
+        if same:
+            left_out.append(i)
+        else:
+            kept.append(w)
+    return kept, left_out
+
+
+def fill_unchanged(sent: list[np.ndarray], partial: list[np.ndarray], unchanged: Any) -> list[np.ndarray]:
+    """Rebuild a full reply from the tensors it carried (``partial``) and the positions it left
+    out (``unchanged``, from ``extra["unchanged"]``; None: nothing left out), filled from ``sent``.
+    Raises :class:`ExchangeError` when the positions are not a strictly increasing list of valid
+    positions or do not account for every tensor."""
+    if unchanged is None:
+        return partial
+    if not isinstance(unchanged, list) or not all(type(i) is int for i in unchanged):
+        raise ExchangeError(f"'{UNCHANGED_KEY}' must be a list of tensor positions")
+    if any(i < 0 or i >= len(sent) for i in unchanged):
+        raise ExchangeError(f"'{UNCHANGED_KEY}' names a position outside the {len(sent)} tensors sent")
+    if any(b <= a for a, b in zip(unchanged, unchanged[1:])):
+        raise ExchangeError(f"'{UNCHANGED_KEY}' must be strictly increasing")
+    if len(partial) + len(unchanged) != len(sent):
+        raise ExchangeError(f"{len(partial)} tensors carried and {len(unchanged)} left out do not make the "
+                            f"{len(sent)} sent")
+    left_out = set(unchanged)
+    carried = iter(partial)
+    return [sent[i] if i in left_out else next(carried) for i in range(len(sent))]
 
 
 WeightSpec = list[tuple[tuple[int, ...], str]]

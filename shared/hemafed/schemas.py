@@ -83,6 +83,10 @@ class FitInstructions(BaseModel):
 
     task: TaskSpec
     config: FitConfig
+    #: the sender fills in the tensors a reply leaves out (hemafed.exchange.fill_unchanged): the
+    #: hospital may send back only those its training changed (older hospitals ignore this field
+    #: and reply in full; older aggregators do not set it and get full replies)
+    omit_unchanged: bool = False
 
 
 class EvaluateInstructions(BaseModel):

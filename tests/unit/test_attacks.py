@@ -192,3 +192,46 @@ async def test_the_aggregator_names_its_run_in_every_fit():
         client = HttpHospitalClient("hospital-1", "http://hospital-1", http, run_id="run-a")
         res, _ = await client.fit(1, FitIns(weights=[np.ones(2, np.float32)], config=CONFIG), TASK)
     assert seen == ["run-a"] and res.hospital_id == "hospital-1" and res.num_examples == 1
+
+
+@pytest.mark.anyio
+async def test_the_aggregator_asks_for_changed_tensors_only_and_fills_in_the_rest():
+    """Every /fit asks the hospital to leave out the tensors it sends back unchanged; the client
+    puts back what it sent there, so the server sees a full update; the bytes counted are the reply's."""
+    sent = [np.full(3, 1.0, np.float32), np.full((2, 2), 2.0, np.float32), np.full(4, 3.0, np.float32)]
+    replies = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        msg = ModelExchange.from_bytes(req.content)
+        assert FitInstructions.model_validate(msg.extra["instructions"]).omit_unchanged is True
+        body = ModelExchange(weights=[np.full((2, 2), 5.0, np.float32)], round=msg.round, num_examples=7,
+                             extra={"unchanged": [0, 2]}).to_bytes()
+        replies.append(body)
+        return httpx.Response(200, content=body)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        client = HttpHospitalClient("hospital-1", "http://hospital-1", http, run_id="run-a")
+        res, nbytes = await client.fit(2, FitIns(weights=sent, config=CONFIG), TASK)
+    assert [w.tolist() for w in res.weights] == [[1.0] * 3, [[5.0, 5.0], [5.0, 5.0]], [3.0] * 4]
+    assert res.weights[0] is sent[0] and res.weights[2] is sent[2]
+    assert res.num_examples == 7 and res.hospital_id == "hospital-1"
+    assert nbytes == len(replies[0])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("unchanged, message", [
+    ([2, 0], "'unchanged' must be strictly increasing"),
+    ([5], "'unchanged' names a position outside the 3 tensors sent"),
+    ([0], "1 tensors carried and 1 left out do not make the 3 sent"),
+    ("all", "'unchanged' must be a list of tensor positions"),
+])
+async def test_the_aggregator_rejects_a_reply_whose_left_out_tensors_do_not_add_up(unchanged, message):
+    sent = [np.zeros(2, np.float32)] * 3
+    body = ModelExchange(weights=[np.ones(2, np.float32)], round=1, num_examples=4,
+                         extra={"unchanged": unchanged}).to_bytes()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda req: httpx.Response(200, content=body))) as http:
+        client = HttpHospitalClient("hospital-1", "http://hospital-1", http)
+        with pytest.raises(HospitalError) as err:
+            await client.fit(1, FitIns(weights=sent, config=CONFIG), TASK)
+    assert err.value.status == "rejected"
+    assert str(err.value) == f"unusable update: {message}"

@@ -6,7 +6,15 @@ import struct
 import numpy as np
 import pytest
 
-from hemafed.exchange import ExchangeError, ModelExchange, check_weights, spec_of
+from hemafed.exchange import (
+    UNCHANGED_KEY,
+    ExchangeError,
+    ModelExchange,
+    check_weights,
+    fill_unchanged,
+    omit_unchanged,
+    spec_of,
+)
 
 
 def _weights():
@@ -72,3 +80,66 @@ def test_check_weights_names_the_problem():
         check_weights(bad, spec)
     with pytest.raises(ExchangeError, match="exceeds the limit"):
         check_weights(_weights(), spec, max_norm=1.0)
+
+
+# --------------------------------------------------------------------------- replies without unchanged tensors
+
+
+def test_omit_unchanged_keeps_only_what_changed_and_fill_puts_back_what_was_sent():
+    sent = [np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros(2, np.float32), np.ones(3, np.float32),
+            np.full(1, -0.0, np.float32)]
+    back = [sent[0].copy(), np.array([0.0, 0.5], np.float32), sent[2].copy(), np.zeros(1, np.float32)]
+    kept, left_out = omit_unchanged(back, sent)
+    # bit for bit: +0.0 is not -0.0, so the last tensor travels although it compares equal
+    assert left_out == [0, 2]
+    assert [k.tolist() for k in kept] == [[0.0, 0.5], [0.0]]
+    msg = ModelExchange(weights=kept, round=4, num_examples=9, extra={UNCHANGED_KEY: left_out})
+    wire = ModelExchange.from_bytes(msg.to_bytes())
+    assert wire.extra == {"unchanged": [0, 2]}
+    full = fill_unchanged(sent, wire.weights, wire.extra.get(UNCHANGED_KEY))
+    assert len(full) == 4
+    for a, b in zip(full, back):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert full[0] is sent[0] and full[2] is sent[2]
+    assert msg.nbytes == 2 * 4 + 1 * 4  # only the changed tensors' bytes travel
+
+
+def test_a_reply_with_nothing_changed_carries_no_tensor():
+    sent = _weights()
+    kept, left_out = omit_unchanged([w.copy() for w in sent], sent)
+    assert kept == [] and left_out == [0, 1]
+    wire = ModelExchange.from_bytes(ModelExchange(weights=kept, round=1, extra={UNCHANGED_KEY: left_out}).to_bytes())
+    assert wire.weights == []
+    full = fill_unchanged(sent, wire.weights, wire.extra[UNCHANGED_KEY])
+    assert [f.tolist() for f in full] == [w.tolist() for w in sent]
+
+
+def test_omit_unchanged_compares_shape_and_dtype_too():
+    sent = [np.zeros(4, np.float32), np.zeros(4, np.float32)]
+    kept, left_out = omit_unchanged([np.zeros(4, np.float64), np.zeros((2, 2), np.float32)], sent)
+    assert left_out == [] and [k.shape for k in kept] == [(4,), (2, 2)]
+    with pytest.raises(ValueError, match="1 tensors against 2 received"):
+        omit_unchanged(sent[:1], sent)
+
+
+def test_fill_unchanged_without_the_key_is_the_reply_as_it_came():
+    partial = _weights()
+    assert fill_unchanged([], partial, None) is partial
+
+
+@pytest.mark.parametrize("unchanged, message", [
+    ("0,1", "must be a list of tensor positions"),
+    ([0, "1"], "must be a list of tensor positions"),
+    ([True], "must be a list of tensor positions"),
+    ([0.0], "must be a list of tensor positions"),
+    ([3], "outside the 3 tensors sent"),
+    ([-1], "outside the 3 tensors sent"),
+    ([1, 0], "strictly increasing"),
+    ([1, 1], "strictly increasing"),
+    ([0], "1 tensors carried and 1 left out do not make the 3 sent"),
+    ([0, 1, 2], "1 tensors carried and 3 left out do not make the 3 sent"),
+])
+def test_fill_unchanged_refuses_positions_that_do_not_add_up(unchanged, message):
+    sent = [np.zeros(1, np.float32)] * 3
+    with pytest.raises(ExchangeError, match=message):
+        fill_unchanged(sent, [np.ones(1, np.float32)], unchanged)

@@ -61,8 +61,8 @@ def config(**kw) -> FitConfig:
 
 
 def fit(agent: HospitalAgent, weights, rnd: int, cfg: FitConfig, task: TaskSpec = TASK,
-        aux=None) -> ModelExchange:
-    ins = FitInstructions(task=task, config=cfg)
+        aux=None, omit_unchanged: bool = False) -> ModelExchange:
+    ins = FitInstructions(task=task, config=cfg, omit_unchanged=omit_unchanged)
     body = ModelExchange(weights=weights, round=rnd, extra={"instructions": ins.model_dump(mode="json")},
                          aux=aux or {}).to_bytes()
     return ModelExchange.from_bytes(agent.fit(body))
@@ -226,6 +226,37 @@ def test_fedlc_tau_reaches_the_trainer_and_dp_sgd_with_it_is_refused(agent, init
 
 
 # --------------------------------------------------------------------------- classifier re-training
+
+
+def test_replies_leave_out_the_tensors_training_did_not_change(agent, initial):
+    """With ``omit_unchanged`` a classifier round's reply carries the classifier alone, a FedBABU
+    round's everything but it, a plain round's every tensor; the positions left out are listed, and
+    filling them from what was sent gives the full model. Without it: every tensor, no list."""
+    from hemafed.exchange import fill_unchanged
+    from hemafed.models import build_model
+    from hemafed.training import classifier_mask
+
+    heads = classifier_mask(build_model("cnn", 2, 16, seed=5))
+    body_positions = [i for i, h in enumerate(heads) if not h]
+    head_positions = [i for i, h in enumerate(heads) if h]
+    assert body_positions and head_positions
+    crt = fit(agent, initial, 1, config(classifier_only=True), omit_unchanged=True)
+    assert crt.extra == {"hospital_id": "h1", "unchanged": body_positions}
+    assert len(crt.weights) == len(head_positions) and crt.num_examples > 0
+    full = fill_unchanged(initial, crt.weights, crt.extra["unchanged"])
+    for i, (sent, back) in enumerate(zip(initial, full)):
+        if i in head_positions:
+            assert np.abs(back - sent).max() > 0
+        else:
+            assert back is sent
+    babu = fit(agent, initial, 2, config(frozen_classifier=True), omit_unchanged=True)
+    assert babu.extra["unchanged"] == head_positions
+    assert [w.shape for w in babu.weights] == [initial[i].shape for i in body_positions]
+    plain = fit(agent, initial, 3, config(), omit_unchanged=True)
+    assert "unchanged" not in plain.extra and len(plain.weights) == len(initial)
+    legacy = fit(agent, initial, 4, config(classifier_only=True))  # not asked: the full model, as before
+    assert "unchanged" not in legacy.extra and len(legacy.weights) == len(initial)
+    assert crt.nbytes == sum(initial[i].nbytes for i in head_positions) < legacy.nbytes / 10
 
 
 def test_classifier_round_keeps_feddyn_state_and_returns_the_features_as_sent(agent, initial, calls):

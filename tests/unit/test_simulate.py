@@ -169,6 +169,14 @@ async def test_classifier_rounds_retrain_the_classifier_on_frozen_features(data5
     assert all(h["status"] == "ok" for h in state.rounds[1]["hospitals"].values())
     m1, m2 = (load_model(tmp_path / r / "final.keras") for r in ("dyn1", "dyn1crt"))
     heads = classifier_mask(m2)
+    # the classifier round's uploads carry the classifier alone (the rest is left out as unchanged)
+    head_bytes = sum(int(v.numpy().nbytes) for v, h in zip(m2.trainable_variables, heads) if h)
+    sizes = [[h["update_bytes"] for h in r["hospitals"].values()] for r in state.rounds]
+    assert len(sizes[0]) == len(sizes[1]) == 5
+    assert all(head_bytes < b < head_bytes + 2048 for b in sizes[1]), (head_bytes, sizes[1])
+    assert all(b > 10 * head_bytes for b in sizes[0])
+    comm = json.loads((tmp_path / "dyn1crt" / "test_results.json").read_text())["communication"]
+    assert comm["update_bytes_per_round"] == [sum(s) for s in sizes]
     w1, w2 = get_exchanged(m1), get_exchanged(m2)
     assert len(w1) == len(heads)
     for a, b, head in zip(w1, w2, heads):

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import httpx
 
-from hemafed.exchange import CONTENT_TYPE, ExchangeError, ModelExchange
+from hemafed.exchange import CONTENT_TYPE, UNCHANGED_KEY, ExchangeError, ModelExchange, fill_unchanged
 from hemafed.schemas import (
     DatasetSummaryPublic,
     EvaluateInstructions,
@@ -79,7 +79,8 @@ class HttpHospitalClient:
         msg = ModelExchange(
             weights=ins.weights,
             round=rnd,
-            extra={"instructions": FitInstructions(task=task, config=ins.config).model_dump(mode="json"),
+            extra={"instructions": FitInstructions(task=task, config=ins.config, omit_unchanged=True)
+                   .model_dump(mode="json"),
                    **({"run_id": self.run_id} if self.run_id else {})},
             aux=ins.aux,
         )
@@ -93,8 +94,12 @@ class HttpHospitalClient:
             raise HospitalError("rejected", f"unusable update: {exc}") from exc
         if reply.round != rnd:
             raise HospitalError("rejected", f"update is for round {reply.round}, not the current round {rnd}")
+        try:  # the tensors the hospital sent back unchanged are left out of its reply: put back what was sent
+            weights = fill_unchanged(ins.weights, reply.weights, reply.extra.get(UNCHANGED_KEY))
+        except ExchangeError as exc:
+            raise HospitalError("rejected", f"unusable update: {exc}") from exc
         res = FitRes(
-            hospital_id=self._id, weights=reply.weights, num_examples=reply.num_examples,
+            hospital_id=self._id, weights=weights, num_examples=reply.num_examples,
             metrics=reply.metrics, aux=reply.aux,
         )
         return res, len(r.content)

@@ -21,6 +21,10 @@ Client side of the strategies that need one (the aggregator's strategies set the
   config with it is refused with 422.
 * FedBABU (``frozen_classifier``): the other way round, the classifier layer's gradients masked and
   its weights sent back exactly as received; refused with 422 under DP-SGD.
+* Replies leave out what did not change: when the instructions say ``omit_unchanged`` (the
+  aggregator always does), the tensors sent back bit for bit as received are not in the reply,
+  only their positions (``extra["unchanged"]``, :func:`hemafed.exchange.omit_unchanged`): a
+  classifier round uploads the classifier alone, a FedBABU round everything but it.
 * Data schedules (``schedule``): under ``weekly`` / ``weekly-recycle`` a round trains (and
   validates its update locally) on its part of the data only (:mod:`hemafed.data.schedule`);
   global validation (``evaluate``) always uses the whole local validation split.
@@ -51,7 +55,7 @@ from pydantic import ValidationError
 
 from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
 from hemafed.data.schedule import round_indices
-from hemafed.exchange import ExchangeError, ModelExchange, check_weights, spec_of
+from hemafed.exchange import UNCHANGED_KEY, ExchangeError, ModelExchange, check_weights, omit_unchanged, spec_of
 from hemafed.schemas import (
     DatasetSummaryPublic,
     EvaluateInstructions,
@@ -271,7 +275,12 @@ class HospitalAgent:
 
     def _fit_once(self, msg: ModelExchange, instructions: FitInstructions) -> bytes:
         with self._training():
-            return self.attack.poison(msg.weights, self._fit(msg, instructions)).to_bytes()
+            reply = self.attack.poison(msg.weights, self._fit(msg, instructions))
+        if instructions.omit_unchanged:  # only what training changed travels back (hemafed.exchange)
+            reply.weights, left_out = omit_unchanged(reply.weights, msg.weights)
+            if left_out:
+                reply.extra[UNCHANGED_KEY] = left_out
+        return reply.to_bytes()
 
     @contextlib.contextmanager
     def _training(self) -> Iterator[None]:
