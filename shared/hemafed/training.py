@@ -16,11 +16,11 @@ calibrated: predictions and evaluation use the plain model.
 The client optimizer is fresh each round (its slots are reset), as in FedAvg / TFF.
 
 With ``FitConfig.classifier_only`` (classifier re-training rounds) the forward pass runs in
-inference mode (the features the model predicts with), every gradient except those of the layer
-named ``classifier`` is masked to zero, and the other variables are restored to their values at
-the start of the call afterwards: the feature extractor comes back bit for bit as sent. With
+inference mode (the features the model predicts with) and only the variables of the layer named
+``classifier`` get a gradient and an optimizer update (nothing is back-propagated into the feature
+extractor); the feature extractor comes back bit for bit as sent. With
 ``FitConfig.frozen_classifier`` (FedBABU, Oh et al. 2022) it is the other way round: training-mode
-forward pass, the classifier's gradients masked and its variables restored, everything else trains.
+forward pass, the classifier gets no gradient and comes back as sent, everything else trains.
 
 A second compiled step does sample-level DP-SGD (Abadi et al. 2016, Algorithm 1) when
 ``FitConfig.dp_clip_norm > 0``: per-example gradients of the data loss (``tf.vectorized_map``
@@ -296,17 +296,21 @@ class LocalTrainer:
         self._optimizer.learning_rate.assign(config.learning_rate)
         return self._optimizer
 
-    def _build_step(self, calibrated: bool, training: bool = True):
+    def _build_step(self, calibrated: bool, training: bool = True, trains: tuple[bool, ...] | None = None):
         """The training step; ``calibrated``: FedLC's loss over ``log p - offsets`` (one offset per
         class, ``calibration_offsets``), else the plain cross-entropy (``offsets`` unused).
         ``training=False`` (classifier-only rounds): the forward pass in inference mode, so the
         classifier trains on the features the model predicts with (no dropout, BatchNorm's moving
-        statistics used and left unchanged)."""
+        statistics used and left unchanged). ``trains`` (one flag per trainable variable; None: all):
+        the gradient is taken, and the optimizer applied, for the flagged variables only, so a
+        classifier round does not back-propagate through the frozen feature extractor."""
         model, optimizer, loss_fn = self.model, self._optimizer, self._loss
         variables = model.trainable_variables
+        picked = [i for i, t in enumerate(trains or [True] * len(variables)) if t]
+        trained = [variables[i] for i in picked]
 
         @tf.function(reduce_retracing=True)
-        def step(x, y, sw, anchors, corrections, mu, offsets, mask):
+        def step(x, y, sw, anchors, corrections, mu, offsets):
             with tf.GradientTape() as tape:
                 probs = model(x, training=training)
                 if calibrated:
@@ -318,9 +322,9 @@ class LocalTrainer:
                 loss = tf.reduce_sum(per_example * sw) / tf.maximum(tf.reduce_sum(sw), 1e-8)
                 prox = tf.add_n([tf.reduce_sum(tf.square(v - a)) for v, a in zip(variables, anchors)])
                 total = loss + 0.5 * mu * prox
-            grads = tape.gradient(total, variables)
-            grads = [(g + c) * m for g, c, m in zip(grads, corrections, mask)]
-            optimizer.apply_gradients(zip(grads, variables))
+            grads = tape.gradient(total, trained)
+            grads = [g + corrections[i] for g, i in zip(grads, picked)]
+            optimizer.apply_gradients(zip(grads, trained))
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y), tf.float32))
             return loss, correct
 
@@ -460,20 +464,19 @@ class LocalTrainer:
         t0 = time.perf_counter()
         self._prepare_optimizer(config, reset=reset_optimizer)
         self._reseed(seed)
-        key = (calibrated, not config.classifier_only)
-        if key not in self._steps:
-            self._steps[key] = self._build_step(*key)
-        step_fn = self._steps[key]
-        offsets = tf.constant(calibration_offsets(labels, num_classes, config.logit_calibration_tau))
         variables = self.model.trainable_variables
-        anchors = [tf.constant(v.numpy()) for v in variables]
         if config.classifier_only:
             trains = classifier_mask(self.model)
         elif config.frozen_classifier:
             trains = [not head for head in classifier_mask(self.model)]
         else:
             trains = [True] * len(variables)
-        mask = [tf.constant(1.0 if t else 0.0, v.dtype) for t, v in zip(trains, variables)]
+        key = (calibrated, not config.classifier_only, tuple(trains))
+        if key not in self._steps:
+            self._steps[key] = self._build_step(*key)
+        step_fn = self._steps[key]
+        offsets = tf.constant(calibration_offsets(labels, num_classes, config.logit_calibration_tau))
+        anchors = [tf.constant(v.numpy()) for v in variables]
         frozen = [(v, a) for v, a, t in zip(variables, anchors, trains) if not t]
         if corrections is None:
             corr = [tf.zeros_like(v) for v in variables]
@@ -507,7 +510,7 @@ class LocalTrainer:
                     (loss, correct), per_example = self._dp_call(
                         x, y, w, anchors, corr, mu, clip, noise_std, step_seed)
                 else:
-                    loss, correct = step_fn(x, y, w, anchors, corr, mu, offsets, mask)
+                    loss, correct = step_fn(x, y, w, anchors, corr, mu, offsets)
                 if self._ema_update is not None:
                     self._ema_update()
                 n = int(y.shape[0])
@@ -515,7 +518,7 @@ class LocalTrainer:
                 correct_sum += float(correct)
                 seen += n
                 steps += 1
-        for v, start in frozen:  # exact: a masked variable never moves, whatever the optimizer's slots held
+        for v, start in frozen:  # a frozen variable gets no gradient and no update; restored all the same
             v.assign(start)
         return TrainResult(
             num_examples=int(len(labels)),
