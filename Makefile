@@ -53,6 +53,9 @@ EPOCHS         ?= 0
 # INIT_RUN=<RUN_ID of a finished run>: start from its final.keras (make central: a warm restart; make up:
 # the federation starts there, e.g. CLASSIFIER_ROUNDS=ROUNDS re-trains a finished run's classifier)
 TTA            ?= false
+# BEST_BY: the global validation figure that picks the best round: median (of the hospitals' accuracies)
+# or pooled (all hospitals' validation images together, as a centralized run picks its epoch)
+BEST_BY        ?= median
 LR_WARMUP_EPOCHS ?= 0
 EMA_DECAY      ?= 0
 INIT_RUN       ?=
@@ -113,7 +116,7 @@ export CLIENTS SPLIT ROUNDS MODEL IMAGE_SIZE LOCAL_EPOCHS BATCH_SIZE LEARNING_RA
        CLASSIFIER_ROUNDS CLASSIFIER_LEARNING_RATE CLASSIFIER_EPOCHS CLASSIFIER_OPTIMIZER CLASSIFIER_AUGMENT \
        FREEZE_CLASSIFIER
 export HOSPITALS DATASET_LABEL CERTS_DIR
-export LOCAL_BASELINE BASELINE_RUN EPOCHS TTA LR_WARMUP_EPOCHS EMA_DECAY INIT_RUN
+export LOCAL_BASELINE BASELINE_RUN EPOCHS TTA BEST_BY LR_WARMUP_EPOCHS EMA_DECAY INIT_RUN
 export WAIT_FOR_CLIENTS ROUND_RETRIES ATTACK ATTACKER ATTACK_SCALE ATTACK_NOISE_STD
 export HEMAFED_SCHEME = $(if $(filter off,$(TLS)),http,https)
 export INSECURE = $(if $(filter off,$(TLS)),true,false)
@@ -151,6 +154,7 @@ help: ## this help
 	@echo "    classifier rounds' own: CLASSIFIER_LEARNING_RATE=$(CLASSIFIER_LEARNING_RATE) CLASSIFIER_EPOCHS=$(CLASSIFIER_EPOCHS) (0 = the run's) CLASSIFIER_OPTIMIZER=$(CLASSIFIER_OPTIMIZER) CLASSIFIER_AUGMENT=$(CLASSIFIER_AUGMENT) (empty = the run's)"
 	@echo "    FREEZE_CLASSIFIER=$(FREEZE_CLASSIFIER) (FedBABU: the classifier stays at its initial weights until the classifier rounds)"
 	@echo "  LOCAL_BASELINE=$(LOCAL_BASELINE) (hospitals' local models vs federated) BASELINE_RUN=<central run id> EPOCHS=$(EPOCHS) (make central; 0 = ROUNDS x LOCAL_EPOCHS)"
+	@echo "  BEST_BY=$(BEST_BY) (the best round by the median of the hospitals' validation accuracies, or pooled: all their validation images together)"
 	@echo "  TTA=$(TTA) (test report over 8 dihedral views)  make central only: LR_WARMUP_EPOCHS=$(LR_WARMUP_EPOCHS) EMA_DECAY=$(EMA_DECAY) (weight moving average)"
 	@echo "  INIT_RUN=$(INIT_RUN) (start from that finished run's final.keras: make central continues it, make up federates from it)"
 

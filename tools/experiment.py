@@ -728,7 +728,10 @@ def markdown(cfg: ExperimentConfig, results: list[RunResult], base_note: str = "
     sources = sorted({k for r in results for k in r.test_by_source})
     if len(sources) < 2:
         sources = []
-    lines += ["| scenario | seed | settings | status | best round | best val (median) | test accuracy "
+    lines += ["`best val`: the global validation accuracy that picked the best round (the median of the "
+              "hospitals' accuracies; pooled over their validation images with `best_by=pooled`; a "
+              "centralized run's: its best epoch's).", ""]
+    lines += ["| scenario | seed | settings | status | best round | best val | test accuracy "
               "| macro F1 | wall (s) | train (s) | MB/round |" + "".join(f" test: {s} |" for s in sources),
               "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(sources)]
     for r in results:

@@ -197,3 +197,43 @@ async def test_the_final_model_is_scored_beside_an_earlier_best_round(folders, t
     server, _ = _federation(folders, tmp_path / "again")
     state = await server.run()
     assert state.best_round == 2 and state.test_results["final_model"] is None
+
+
+@pytest.mark.parametrize("best_by, best", [("median", 1), ("pooled", 2)])
+async def test_best_by_picks_the_round_by_the_median_or_the_pooled_validation_accuracy(
+        folders, tmp_path, monkeypatch, best_by, best):
+    """Global validation rigged so that the median prefers round 1 and the pooled accuracy round 2:
+    BEST_BY decides which round is tested, and best.json, best.safetensors and the model card say
+    by what and with which figures."""
+    from hemafed.exchange import ModelExchange
+    from hemafed_aggregator.strategies.base import Strategy
+
+    figures = {1: (0.9, 0.5), 2: (0.6, 0.8)}  # round: (median, pooled)
+    original = Strategy.aggregate_evaluate
+
+    def rigged(self, rnd, results):
+        median, pooled = figures[rnd]
+        return {**original(self, rnd, results), "val_accuracy_median": median, "val_accuracy_mean": pooled}
+
+    monkeypatch.setattr(Strategy, "aggregate_evaluate", rigged)
+    server, _ = _federation(folders, tmp_path, best_by=best_by)
+    state = await server.run()
+    assert state.status == "finished", state.message
+    score = figures[best][0 if best_by == "median" else 1]
+    assert state.best_round == best and state.best_val_accuracy == score
+    assert state.test_results["best_round"] == best
+    assert (state.test_results["final_model"] is None) == (best == 2)
+    run_dir = tmp_path / "results" / "inproc"
+    meta = json.loads((run_dir / "best.json").read_text())
+    assert (meta["best_round"], meta["best_by"], meta["best_val_accuracy"], meta["best_val_accuracy_median"]) == (
+        best, best_by, score, figures[best][0])
+    saved = ModelExchange.from_bytes((run_dir / "best.safetensors").read_bytes())
+    assert saved.round == best
+    assert (saved.metrics["val_accuracy_median"], saved.metrics["val_accuracy_mean"]) == pytest.approx(figures[best])
+    card = json.loads((run_dir / "model_card.json").read_text())
+    assert card["selection"] == {
+        "best_round": best, "best_by": best_by, "best_val_accuracy": score, "best_val_accuracy_median": figures[best][0],
+        "rule": ("the round with the highest median of the hospitals' validation accuracies (never chosen on the "
+                 "test set)") if best_by == "median" else
+                ("the round with the highest pooled validation accuracy, all hospitals' validation images "
+                 "together (never chosen on the test set)")}

@@ -112,6 +112,24 @@ def privacy(run: Any, strategy: dict[str, Any], rounds: list[dict[str, Any]]) ->
     }
 
 
+#: how the best round was picked, by RunConfig.best_by
+SELECTION_RULES = {
+    "median": "the round with the highest median of the hospitals' validation accuracies "
+              "(never chosen on the test set)",
+    "pooled": "the round with the highest pooled validation accuracy, all hospitals' validation images "
+              "together (never chosen on the test set)",
+}
+
+
+def selection(run: Any, state: Any, best_round: int | None, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best round, the figure it was picked by and its median of the hospitals' accuracies."""
+    by = getattr(run, "best_by", "median")
+    glob = next(((r.get("global") or {}) for r in rounds if r.get("round") == best_round), {})
+    median = glob.get("val_accuracy_median", state.best_val_accuracy if by == "median" else None)
+    return {"best_round": best_round, "best_by": by, "best_val_accuracy": state.best_val_accuracy,
+            "best_val_accuracy_median": median, "rule": SELECTION_RULES[by]}
+
+
 def build_card(*, run: Any, task: TaskSpec, state: Any, hospital_data: dict[str, dict[str, Any]],
                strategy: dict[str, Any], saved_model: dict[str, Any] | None, saved_model_error: str | None = None,
                ) -> dict[str, Any]:
@@ -136,12 +154,7 @@ def build_card(*, run: Any, task: TaskSpec, state: Any, hospital_data: dict[str,
         "preprocessing": preprocessing(task),
         "files": {"keras": "best.keras", "keras_metadata": "best.json", "saved_model": saved_model,
                   **({"saved_model_error": saved_model_error} if saved_model_error else {})},
-        "selection": {
-            "best_round": best_round,
-            "best_val_accuracy_median": state.best_val_accuracy,
-            "rule": "the round with the highest median of the hospitals' validation accuracies "
-                    "(never chosen on the test set)",
-        },
+        "selection": selection(run, state, best_round, rounds),
         "training": {
             "federated": {"strategy": strategy, "rounds_completed": len(rounds),
                           "hospitals": len(hospital_data),
@@ -205,8 +218,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         + ", ".join(f"{k}={v}" for k, v in fed["strategy"].items() if k != "name"),
         f"- hospitals: {fed['hospitals']}, rounds completed: {fed['rounds_completed']}"
         + (f" of {fed['rounds']}" if "rounds" in fed else ""),
-        f"- best round: {_fmt(sel['best_round'])} (median validation accuracy "
-        f"{_fmt(sel['best_val_accuracy_median'])}); {sel['rule']}",
+        f"- best round: {_fmt(sel['best_round'])} ({sel['best_by']} validation accuracy "
+        f"{_fmt(sel['best_val_accuracy'])}); {sel['rule']}",
         "- local training: " + ", ".join(f"{k}={fed[k]}" for k in ("local_epochs", "batch_size", "learning_rate",
                                                                    "optimizer", "augment", "class_weighting")
                                         if k in fed),

@@ -36,6 +36,9 @@ from hemafed_aggregator.strategies.base import EvaluateRes, Failure, FitIns, Fit
 
 log = logging.getLogger("hemafed.aggregator")
 
+#: RunConfig.best_by -> the global validation figure (Strategy.aggregate_evaluate) that picks the best round
+BEST_BY_METRIC = {"median": "val_accuracy_median", "pooled": "val_accuracy_mean"}
+
 
 class RunFailed(Exception):
     pass
@@ -264,11 +267,13 @@ class FederatedServer:
                                        "stale": [r.hospital_id for r in stale], "departed": self.run_cfg.departed}
         duration = time.perf_counter() - t0
         median = glob.get("val_accuracy_median")
-        if median is not None and (self.state.best_val_accuracy is None or median >= self.state.best_val_accuracy):
-            self.state.best_val_accuracy, self.state.best_round = median, rnd
+        score = glob.get(BEST_BY_METRIC[self.run_cfg.best_by])
+        if score is not None and (self.state.best_val_accuracy is None or score >= self.state.best_val_accuracy):
+            self.state.best_val_accuracy, self.state.best_round = score, rnd
             self.best_weights = [w.copy() for w in self.weights]
             (self.run_dir / "best.safetensors").write_bytes(
-                ModelExchange(weights=self.best_weights, round=rnd, metrics={"val_accuracy_median": median}).to_bytes()
+                ModelExchange(weights=self.best_weights, round=rnd,
+                              metrics={k: v for k, v in glob.items() if v is not None}).to_bytes()
             )
         entry = RoundCreate(
             round=rnd,
@@ -285,6 +290,13 @@ class FederatedServer:
             len(results), len(pairs), _fmt(median), _fmt(glob.get("val_accuracy_mean")), duration,
             extra={"round": rnd},
         )
+
+    def _best_round_figure(self, key: str) -> float | None:
+        """A global validation figure (``val_accuracy_median`` ...) of the best round, None without one."""
+        for r in self.state.rounds:
+            if r.get("round") == self.state.best_round:
+                return (r.get("global") or {}).get(key)
+        return None
 
     def _participants(self, rnd: int) -> tuple[list[HospitalClient], list[HospitalClient]]:
         """Hospitals present / departed in round ``rnd`` (PARTICIPATION; all present by default)."""
@@ -381,7 +393,9 @@ class FederatedServer:
         self.state.status = "evaluating"
         best = self.best_weights if self.best_weights is not None else self.weights
         meta = {"run_id": self.run_cfg.run_id, "best_round": self.state.best_round,
-                "best_val_accuracy_median": self.state.best_val_accuracy, "rounds": self.run_cfg.rounds,
+                "best_by": self.run_cfg.best_by, "best_val_accuracy": self.state.best_val_accuracy,
+                "best_val_accuracy_median": self._best_round_figure("val_accuracy_median"),
+                "rounds": self.run_cfg.rounds,
                 "strategy": self.strategy.describe(), "initialised_from": self.state.initialised_from}
         await asyncio.to_thread(modelops.save_keras, self.task, best, self.run_dir / "best.keras",
                                 {**meta, "kind": "best"})

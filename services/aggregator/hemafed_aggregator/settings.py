@@ -129,6 +129,10 @@ class RunConfig(BaseSettings):
     #: test-time augmentation in the final test report: each test image's prediction is the mean
     #: over its 8 dihedral views (the single-view figures are reported beside)
     tta: bool = False
+    #: which global validation figure picks the best round: the median of the hospitals' validation
+    #: accuracies (a typical hospital), or the pooled accuracy (the example-weighted mean = the
+    #: accuracy on all hospitals' validation images together, what a centralized run picks by)
+    best_by: Literal["median", "pooled"] = "median"
     split: str = ""
     dataset: str = ""
 

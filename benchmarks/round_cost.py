@@ -1,0 +1,91 @@
+"""What one hospital's round costs in each kind of round: local training time and the bytes of the
+reply, for a plain round, a FedBABU round (``frozen_classifier``) and a classifier re-training
+round (``classifier_only``).
+
+    .venv/bin/python benchmarks/round_cost.py --model cnn --image-size 28 --images 2000
+
+The images are random pixels of the given size (the cost of a step does not depend on what the
+pixels show); each kind of round is trained once to trace its step, then timed over ``--repeat``
+further rounds from the same global weights (the median is printed). The reply is encoded as a
+hospital encodes it (:func:`hemafed.exchange.omit_unchanged`: the tensors sent back unchanged are
+left out) and its size measured; ``download`` is the global model the aggregator sends, whole,
+every round. TensorFlow uses ``--threads`` threads (a hospital container's ``TF_THREADS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+KINDS = {
+    "plain": {},
+    "fedbabu": {"frozen_classifier": True},
+    "classifier": {"classifier_only": True},
+}
+
+
+def measure(model_name: str, image_size: int, num_classes: int, images: int, batch_size: int,
+            repeat: int, seed: int = 0) -> list[dict[str, float | str]]:
+    from hemafed.exchange import UNCHANGED_KEY, ModelExchange, omit_unchanged
+    from hemafed.models import build_model, get_exchanged, set_exchanged
+    from hemafed.schemas import FitConfig
+    from hemafed.training import LocalTrainer
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((images, image_size, image_size, 3), dtype=np.float32)
+    y = (np.arange(images) % num_classes).astype(np.int32)
+    trainer = LocalTrainer(build_model(model_name, num_classes, image_size, seed=seed))
+    sent = [w.copy() for w in get_exchanged(trainer.model)]
+    download = len(ModelExchange(weights=sent, round=1).to_bytes())
+    out = []
+    for kind, flags in KINDS.items():
+        config = FitConfig(local_epochs=1, batch_size=batch_size, learning_rate=0.01, optimizer="sgd",
+                           augment=False, **flags)
+        times, steps = [], 0
+        for r in range(repeat + 1):  # round 0 traces the step: not timed
+            set_exchanged(trainer.model, sent)
+            t0 = time.perf_counter()
+            result = trainer.fit(x, y, config, seed=r, num_classes=num_classes)
+            if r:
+                times.append(time.perf_counter() - t0)
+            steps = result.steps
+        kept, left_out = omit_unchanged(get_exchanged(trainer.model), sent)
+        reply = ModelExchange(weights=kept, round=1, num_examples=images,
+                              extra={UNCHANGED_KEY: left_out} if left_out else {})
+        seconds = statistics.median(times)
+        out.append({"kind": kind, "seconds": seconds, "images_per_second": images / seconds, "steps": steps,
+                    "upload_bytes": len(reply.to_bytes()), "download_bytes": download,
+                    "tensors_sent": len(kept), "tensors": len(sent)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--classes", type=int, default=8)
+    p.add_argument("--images", type=int, default=2000, help="local training images (one epoch a round)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds per kind (median printed)")
+    p.add_argument("--threads", type=int, default=1, help="TensorFlow intra/inter-op threads")
+    a = p.parse_args(argv)
+    if min(a.image_size, a.classes, a.images, a.batch_size, a.repeat, a.threads) < 1 or a.classes < 2:
+        p.error("sizes, counts and threads must be positive (at least 2 classes)")
+    from hemafed.training import configure_threads
+
+    configure_threads(a.threads, a.threads)
+    rows = measure(a.model, a.image_size, a.classes, a.images, a.batch_size, a.repeat)
+    print(f"one hospital's round: {a.model}, {a.image_size} px, {a.classes} classes, {a.images} images x 1 epoch, "
+          f"batch {a.batch_size}, SGD, no augmentation, {a.threads} TF thread(s); median of {a.repeat}")
+    print(f"{'round':>11} {'train s':>8} {'img/s':>7} {'steps':>6} {'upload':>11} {'download':>11} {'tensors up':>11}")
+    for r in rows:
+        print(f"{r['kind']:>11} {r['seconds']:>8.2f} {r['images_per_second']:>7.0f} {r['steps']:>6} "
+              f"{r['upload_bytes']:>11,} {r['download_bytes']:>11,} {r['tensors_sent']:>5}/{r['tensors']:<5}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
