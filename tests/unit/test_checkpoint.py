@@ -176,6 +176,24 @@ async def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     assert "another configuration" in state.message and "'fedadam'" in state.message
 
 
+async def test_a_checkpoint_resumes_only_under_the_best_by_it_was_picked_by(tmp_path):
+    await make_server(tmp_path, _hospitals(), rounds=2, best_by="pooled").run()
+    index = json.loads((tmp_path / "results" / "ck" / "checkpoint" / "checkpoint.json").read_text())
+    assert index["best_by"] == "pooled"
+    state = await make_server(tmp_path, _hospitals(), rounds=3).run()
+    assert state.status == "failed"
+    assert state.message == (f"{tmp_path / 'results' / 'ck' / 'checkpoint'} picked its best round by BEST_BY=pooled, "
+                             "this run by BEST_BY=median; resume with BEST_BY=pooled or use a new RUN_ID")
+    state = await make_server(tmp_path, _hospitals(), rounds=3, best_by="pooled").run()
+    assert state.status == "finished" and state.resumed_from == [2] and len(state.rounds) == 3
+    # a checkpoint written before BEST_BY existed was picked by the median
+    index = json.loads((tmp_path / "results" / "ck" / "checkpoint" / "checkpoint.json").read_text())
+    assert index["round"] == 3 and index["best_by"] == "pooled"
+    del index["best_by"]
+    (tmp_path / "results" / "ck" / "checkpoint" / "checkpoint.json").write_text(json.dumps(index))
+    assert checkpoint.load(tmp_path / "results" / "ck").best_by == "median"
+
+
 def test_state_split_and_join_round_trip():
     rng = np.random.default_rng(5)
     rng.standard_normal(3)

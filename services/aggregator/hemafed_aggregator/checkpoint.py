@@ -55,6 +55,8 @@ class Checkpoint:
     rng_state: dict[str, Any]
     best_round: int | None = None
     best_val_accuracy: float | None = None
+    #: the figure best_val_accuracy is (RunConfig.best_by; checkpoints written before it: median)
+    best_by: str = "median"
     rounds: list[dict[str, Any]] = field(default_factory=list)
     hospitals: dict[str, dict[str, Any]] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +142,7 @@ def save(run_dir: Path, ckpt: Checkpoint) -> Path:
         "rng_state": ckpt.rng_state,
         "best_round": ckpt.best_round,
         "best_val_accuracy": ckpt.best_val_accuracy,
+        "best_by": ckpt.best_by,
         "rounds": ckpt.rounds,
         "hospitals": ckpt.hospitals,
         "task": ckpt.task,
@@ -187,7 +190,8 @@ def load(run_dir: Path) -> Checkpoint | None:
     return Checkpoint(
         round=int(index["round"]), weights=weights, best_weights=best, strategy_name=strat["name"],
         strategy_state=state, rng_state=index["rng_state"], best_round=index.get("best_round"),
-        best_val_accuracy=index.get("best_val_accuracy"), rounds=list(index.get("rounds", [])),
+        best_val_accuracy=index.get("best_val_accuracy"), best_by=str(index.get("best_by", "median")),
+        rounds=list(index.get("rounds", [])),
         hospitals=dict(index.get("hospitals", {})), task=dict(index.get("task", {})),
         spec=list(index.get("spec", [])), started_at=index.get("started_at"),
         resumed_from=list(index.get("resumed_from", [])),

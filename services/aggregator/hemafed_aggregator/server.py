@@ -434,6 +434,11 @@ class FederatedServer:
                 f"{checkpoint.directory(self.run_dir)} was written by another configuration (strategy "
                 f"{ck.strategy_name!r}, task {ck.task}); use a new RUN_ID or remove the checkpoint"
             )
+        if ck.best_by != self.run_cfg.best_by:  # its best round and weights were picked by the other figure
+            raise RunFailed(
+                f"{checkpoint.directory(self.run_dir)} picked its best round by BEST_BY={ck.best_by}, this run "
+                f"by BEST_BY={self.run_cfg.best_by}; resume with BEST_BY={ck.best_by} or use a new RUN_ID"
+            )
         self.weights = ck.weights
         self.best_weights = ck.best_weights
         self.strategy.load_state_dict(ck.strategy_state)
@@ -468,8 +473,8 @@ class FederatedServer:
             round=rnd, weights=list(self.weights), best_weights=self.best_weights,
             strategy_name=self.strategy.name, strategy_state=self.strategy.state_dict(),
             rng_state=checkpoint.rng_state(self.rng), best_round=self.state.best_round,
-            best_val_accuracy=self.state.best_val_accuracy, rounds=list(self.state.rounds),
-            hospitals={h: asdict(hs) for h, hs in self.state.hospitals.items()},
+            best_val_accuracy=self.state.best_val_accuracy, best_by=self.run_cfg.best_by,
+            rounds=list(self.state.rounds), hospitals={h: asdict(hs) for h, hs in self.state.hospitals.items()},
             task=self.task.model_dump(mode="json"), spec=_json_spec(spec_of(self.weights)),
             started_at=self.state.started_at, resumed_from=list(self.state.resumed_from),
             last_updates={h: (u.num_examples, u.weights) for h, u in self.last_updates.items()},
