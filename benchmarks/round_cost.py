@@ -8,8 +8,11 @@ The images are random pixels of the given size (the cost of a step does not depe
 pixels show); each kind of round is trained once to trace its step, then timed over ``--repeat``
 further rounds from the same global weights (the median is printed). The reply is encoded as a
 hospital encodes it (:func:`hemafed.exchange.omit_unchanged`: the tensors sent back unchanged are
-left out) and its size measured; ``download`` is the global model the aggregator sends, whole,
-every round. TensorFlow uses ``--threads`` threads (a hospital container's ``TF_THREADS``).
+left out) and its size measured. ``download`` is the next request's size when the next global
+model is this round's result (one hospital's) and the hospital holds this round's global model
+(:func:`hemafed.exchange.refer_to_held`: the tensors it holds are referred to, not sent);
+``whole`` is the global model sent in full (a first request, or a hospital that restarted).
+TensorFlow uses ``--threads`` threads (a hospital container's ``TF_THREADS``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ KINDS = {
 
 def measure(model_name: str, image_size: int, num_classes: int, images: int, batch_size: int,
             repeat: int, seed: int = 0) -> list[dict[str, float | str]]:
-    from hemafed.exchange import UNCHANGED_KEY, ModelExchange, omit_unchanged
+    from hemafed.exchange import HELD_KEY, UNCHANGED_KEY, ModelExchange, omit_unchanged, refer_to_held, tensor_digest
     from hemafed.models import build_model, get_exchanged, set_exchanged
     from hemafed.schemas import FitConfig
     from hemafed.training import LocalTrainer
@@ -39,7 +42,8 @@ def measure(model_name: str, image_size: int, num_classes: int, images: int, bat
     y = (np.arange(images) % num_classes).astype(np.int32)
     trainer = LocalTrainer(build_model(model_name, num_classes, image_size, seed=seed))
     sent = [w.copy() for w in get_exchanged(trainer.model)]
-    download = len(ModelExchange(weights=sent, round=1).to_bytes())
+    whole = len(ModelExchange(weights=sent, round=1).to_bytes())
+    held = frozenset(tensor_digest(w) for w in sent)
     out = []
     for kind, flags in KINDS.items():
         config = FitConfig(local_epochs=1, batch_size=batch_size, learning_rate=0.01, optimizer="sgd",
@@ -52,13 +56,16 @@ def measure(model_name: str, image_size: int, num_classes: int, images: int, bat
             if r:
                 times.append(time.perf_counter() - t0)
             steps = result.steps
-        kept, left_out = omit_unchanged(get_exchanged(trainer.model), sent)
+        trained = get_exchanged(trainer.model)
+        kept, left_out = omit_unchanged(trained, sent)
         reply = ModelExchange(weights=kept, round=1, num_examples=images,
                               extra={UNCHANGED_KEY: left_out} if left_out else {})
+        carried, refs = refer_to_held(trained, held)
+        request = ModelExchange(weights=carried, round=2, extra={HELD_KEY: refs} if refs else {})
         seconds = statistics.median(times)
         out.append({"kind": kind, "seconds": seconds, "images_per_second": images / seconds, "steps": steps,
-                    "upload_bytes": len(reply.to_bytes()), "download_bytes": download,
-                    "tensors_sent": len(kept), "tensors": len(sent)})
+                    "upload_bytes": len(reply.to_bytes()), "download_bytes": len(request.to_bytes()),
+                    "whole_bytes": whole, "tensors_sent": len(kept), "tensors": len(sent)})
     return out
 
 
@@ -80,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(a.model, a.image_size, a.classes, a.images, a.batch_size, a.repeat)
     print(f"one hospital's round: {a.model}, {a.image_size} px, {a.classes} classes, {a.images} images x 1 epoch, "
           f"batch {a.batch_size}, SGD, no augmentation, {a.threads} TF thread(s); median of {a.repeat}")
-    print(f"{'round':>11} {'train s':>8} {'img/s':>7} {'steps':>6} {'upload':>11} {'download':>11} {'tensors up':>11}")
+    print(f"{'round':>11} {'train s':>8} {'img/s':>7} {'steps':>6} {'upload':>11} {'download':>11} {'whole':>11} "
+          f"{'tensors up':>11}")
     for r in rows:
         print(f"{r['kind']:>11} {r['seconds']:>8.2f} {r['images_per_second']:>7.0f} {r['steps']:>6} "
-              f"{r['upload_bytes']:>11,} {r['download_bytes']:>11,} {r['tensors_sent']:>5}/{r['tensors']:<5}")
+              f"{r['upload_bytes']:>11,} {r['download_bytes']:>11,} {r['whole_bytes']:>11,} "
+              f"{r['tensors_sent']:>5}/{r['tensors']:<5}")
     return 0
 
 

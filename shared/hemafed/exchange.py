@@ -13,13 +13,23 @@ A hospital's reply may leave out the tensors it sends back exactly as it receive
 everything but it): ``extra["unchanged"]`` lists their positions, and the aggregator puts back
 what it sent (:func:`fill_unchanged`) before anything else looks at the update. The reply then
 carries only what training changed, so frozen layers do not travel upstream.
+
+The other way round, the aggregator leaves out of a request the tensors the hospital already
+holds from the last weights it received (:func:`refer_to_held`): ``extra["held"]`` lists
+``[position, SHA-256 digest]`` pairs, and the hospital takes those tensors from what it holds
+(:func:`resolve_held`), by digest, so a tensor is never taken for another. A hospital that does
+not hold one (restarted) answers 412 and gets the request whole; references are used only with a
+hospital whose /fit reply said it accepts them (``extra["accepts"]``). In classifier rounds the frozen
+feature extractor then travels neither way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +186,58 @@ def fill_unchanged(sent: list[np.ndarray], partial: list[np.ndarray], unchanged:
     left_out = set(unchanged)
     carried = iter(partial)
     return [sent[i] if i in left_out else next(carried) for i in range(len(sent))]
+
+
+#: key in a request's ``extra``: ``[[position, digest], ...]`` of the tensors the receiver holds
+HELD_KEY = "held"
+#: key in a hospital's /fit reply: what its requests may use (``["held"]``); an older hospital
+#: does not say so, and then gets every request whole
+ACCEPTS_KEY = "accepts"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+class MissingTensors(ExchangeError):
+    """A request refers to tensors the receiver does not hold (it restarted, or got another request
+    in between): the sender must send them."""
+
+
+def tensor_digest(w: np.ndarray) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (hex): equal digests, equal tensors."""
+    h = hashlib.sha256(f"{w.dtype.str}{tuple(int(d) for d in w.shape)}".encode())
+    h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def refer_to_held(weights: list[np.ndarray], held: set[str] | frozenset[str],
+                  digests: list[str] | None = None) -> tuple[list[np.ndarray], list[list[Any]]]:
+    """The tensors of ``weights`` to send, and ``[position, digest]`` of those left out because the
+    receiver holds them (their digest is in ``held``). ``digests``: the weights' digests, if known."""
+    digests = digests if digests is not None else [tensor_digest(w) for w in weights]
+    carried = [w for w, d in zip(weights, digests) if d not in held]
+    return carried, [[i, d] for i, d in enumerate(digests) if d in held]
+
+
+def resolve_held(carried: list[np.ndarray], refs: Any, held: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """The full weight list of a request: ``carried`` with the tensors named in ``refs`` (from
+    ``extra["held"]``; None: nothing left out) taken from ``held`` (digest -> tensor). Raises
+    :class:`MissingTensors` when a digest is not held, :class:`ExchangeError` when ``refs`` is malformed."""
+    if refs is None:
+        return carried
+    if not isinstance(refs, list) or not all(
+            isinstance(r, list) and len(r) == 2 and type(r[0]) is int and isinstance(r[1], str)
+            and _DIGEST.fullmatch(r[1]) for r in refs):
+        raise ExchangeError(f"'{HELD_KEY}' must be a list of [position, SHA-256 hex digest] pairs")
+    positions = [r[0] for r in refs]
+    total = len(carried) + len(refs)
+    if any(i < 0 or i >= total for i in positions) or any(b <= a for a, b in zip(positions, positions[1:])):
+        raise ExchangeError(f"'{HELD_KEY}' positions must be strictly increasing and below {total}")
+    missing = [i for i, d in refs if d not in held]
+    if missing:
+        raise MissingTensors(f"{len(missing)} of the {len(refs)} tensors referred to are not held here "
+                             f"(positions {missing[:5]}{'...' if len(missing) > 5 else ''}): send them")
+    by_position = dict((i, held[d]) for i, d in refs)
+    rest = iter(carried)
+    return [by_position[i] if i in by_position else next(rest) for i in range(total)]
 
 
 WeightSpec = list[tuple[tuple[int, ...], str]]

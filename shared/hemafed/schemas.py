@@ -206,7 +206,10 @@ class HospitalRoundMetrics(BaseModel):
     train_accuracy: float | None = None
     num_examples: int = 0
     fit_seconds: float | None = None
+    #: bytes of the hospital's reply to /fit (its update, less what it sent back unchanged)
     update_bytes: int = 0
+    #: bytes of the /fit request (the global model, less what the hospital already held)
+    request_bytes: int = 0
     message: str = ""
 
 

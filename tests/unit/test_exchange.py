@@ -7,13 +7,18 @@ import numpy as np
 import pytest
 
 from hemafed.exchange import (
+    HELD_KEY,
     UNCHANGED_KEY,
     ExchangeError,
+    MissingTensors,
     ModelExchange,
     check_weights,
     fill_unchanged,
     omit_unchanged,
+    refer_to_held,
+    resolve_held,
     spec_of,
+    tensor_digest,
 )
 
 
@@ -143,3 +148,47 @@ def test_fill_unchanged_refuses_positions_that_do_not_add_up(unchanged, message)
     sent = [np.zeros(1, np.float32)] * 3
     with pytest.raises(ExchangeError, match=message):
         fill_unchanged(sent, [np.ones(1, np.float32)], unchanged)
+
+
+# --------------------------------------------------------------------------- requests referring to held tensors
+
+
+def test_tensor_digest_covers_bytes_dtype_and_shape():
+    a = np.arange(6, dtype=np.float32)
+    assert tensor_digest(a) == tensor_digest(a.copy()) and len(tensor_digest(a)) == 64
+    assert tensor_digest(a) != tensor_digest(a.reshape(2, 3))
+    assert tensor_digest(a) != tensor_digest(a.astype(np.float64))
+    b = a.copy()
+    b[5] = np.nextafter(b[5], np.float32(10))
+    assert tensor_digest(a) != tensor_digest(b)
+    assert tensor_digest(a.reshape(2, 3).T) == tensor_digest(np.ascontiguousarray(a.reshape(2, 3).T))
+
+
+def test_a_request_refers_to_what_the_receiver_holds_and_resolves_to_the_same_weights():
+    previous = [np.full(3, 1.0, np.float32), np.full((2, 2), 2.0, np.float32), np.full(4, 3.0, np.float32)]
+    held = {tensor_digest(w): w for w in previous}
+    now = [previous[0].copy(), np.full((2, 2), 9.0, np.float32), previous[2].copy()]
+    carried, refs = refer_to_held(now, frozenset(held))
+    assert [c.tolist() for c in carried] == [[[9.0, 9.0], [9.0, 9.0]]]
+    assert refs == [[0, tensor_digest(previous[0])], [2, tensor_digest(previous[2])]]
+    wire = ModelExchange.from_bytes(ModelExchange(weights=carried, round=2, extra={HELD_KEY: refs}).to_bytes())
+    full = resolve_held(wire.weights, wire.extra[HELD_KEY], held)
+    assert [w.tolist() for w in full] == [w.tolist() for w in now]
+    assert full[0] is previous[0] and full[2] is previous[2]
+    assert resolve_held(carried, None, held) is carried  # nothing referred to
+    nothing, none = refer_to_held(now, frozenset())
+    assert none == [] and len(nothing) == 3
+
+
+def test_a_reference_to_a_tensor_not_held_is_missing_and_bad_references_are_refused():
+    w = np.ones(2, np.float32)
+    d = tensor_digest(w)
+    with pytest.raises(MissingTensors, match=r"1 of the 1 tensors referred to are not held here \(positions \[1\]\)"):
+        resolve_held([w], [[1, d]], {})
+    assert issubclass(MissingTensors, ExchangeError)
+    for refs in ("all", [[0]], [["0", d]], [[0, "abc"]], [[0, d.upper()]], [[True, d]]):
+        with pytest.raises(ExchangeError, match="must be a list of \\[position, SHA-256 hex digest\\] pairs"):
+            resolve_held([w], refs, {d: w})
+    for refs in ([[2, d]], [[-1, d]], [[1, d], [0, d]], [[0, d], [0, d]]):
+        with pytest.raises(ExchangeError, match="strictly increasing and below"):
+            resolve_held([w], refs, {d: w})

@@ -241,7 +241,7 @@ def test_replies_leave_out_the_tensors_training_did_not_change(agent, initial):
     head_positions = [i for i, h in enumerate(heads) if h]
     assert body_positions and head_positions
     crt = fit(agent, initial, 1, config(classifier_only=True), omit_unchanged=True)
-    assert crt.extra == {"hospital_id": "h1", "unchanged": body_positions}
+    assert crt.extra == {"hospital_id": "h1", "unchanged": body_positions, "accepts": ["held"]}
     assert len(crt.weights) == len(head_positions) and crt.num_examples > 0
     full = fill_unchanged(initial, crt.weights, crt.extra["unchanged"])
     for i, (sent, back) in enumerate(zip(initial, full)):

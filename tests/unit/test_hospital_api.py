@@ -76,7 +76,7 @@ async def test_fit_returns_a_trained_update(client, initial):
                                 "local_val_loss"}
     assert msg.metrics["steps"] == 2  # 32 images / batch 16, one epoch
     assert msg.metrics["train_loss"] > 0 and msg.metrics["fit_seconds"] > 0
-    assert msg.extra == {"hospital_id": "hospital-1"}
+    assert msg.extra == {"hospital_id": "hospital-1", "accepts": ["held"]}  # later requests may refer to what it holds
     assert [w.shape for w in msg.weights] == [w.shape for w in initial]
     assert any(not np.array_equal(a, b) for a, b in zip(msg.weights, initial))
 

@@ -73,6 +73,7 @@ def hospital(**kw: object) -> dict:
         "num_examples": 0,
         "fit_seconds": None,
         "update_bytes": 0,
+        "request_bytes": 0,
         "message": "",
     }
     return {**base, **kw}
@@ -326,6 +327,7 @@ async def test_rounds_csv(client: httpx.AsyncClient) -> None:
         "num_examples",
         "fit_seconds",
         "update_bytes",
+        "request_bytes",
         "message",
     ]
     body = [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]

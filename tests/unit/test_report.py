@@ -259,6 +259,8 @@ async def test_federated_report_with_local_baselines_and_a_centralized_baseline(
     com = test["communication"]
     assert com["update_bytes_per_round"] == [sum(m.update_bytes for m in r.hospitals.values()) for r in rounds]
     assert com["update_bytes_total"] == sum(com["update_bytes_per_round"]) > 2 * com["exchanged_bytes"]
+    assert com["request_bytes_per_round"] == [sum(m.request_bytes for m in r.hospitals.values()) for r in rounds]
+    assert all(m.request_bytes > com["exchanged_bytes"] for r in rounds for m in r.hospitals.values())
     params = store.get_run("fedrep").config["params"]
     assert com["exchanged_parameters"] == params["exchanged"] == params["trainable"] == com["trainable_parameters"]
     assert com["total_parameters"] == params["total"] == com["exchanged_parameters"]  # cnn: nothing frozen
@@ -360,10 +362,12 @@ def test_communication_figures_frozen_layers_never_travel():
 
     task = TaskSpec(model="mobilenetv2", image_size=32, classes=["a", "b", "c"], trainable_fraction=0.0)
     initial, params = modelops.initial_weights(task)
-    rounds = [{"hospitals": {"h1": {"update_bytes": 100}, "h2": {"update_bytes": 250}, "h3": {"status": "timeout"}}},
-              {"hospitals": {"h1": {"update_bytes": 120}}}]
+    rounds = [{"hospitals": {"h1": {"update_bytes": 100, "request_bytes": 400}, "h2": {"update_bytes": 250},
+                             "h3": {"status": "timeout"}}},
+              {"hospitals": {"h1": {"update_bytes": 120, "request_bytes": 30}}}]
     com = communication(SimpleNamespace(state=SimpleNamespace(rounds=rounds)), initial, params)
     assert com["update_bytes_per_round"] == [350, 120] and com["update_bytes_total"] == 470
+    assert com["request_bytes_per_round"] == [400, 30] and com["request_bytes_total"] == 430
     assert com["update_bytes_mean_per_round"] == 235
     # frozen backbone: only the head (BatchNorm + Dense) travels
     assert com["exchanged_parameters"] == sum(w.size for w in initial) == params["exchanged"]

@@ -28,7 +28,7 @@ def test_each_kind_of_round_uploads_what_it_trained():
     all_bytes = sum(w.nbytes for w in weights)
     for r in rows.values():
         assert r["steps"] == 3 and r["seconds"] > 0 and r["images_per_second"] == pytest.approx(24 / r["seconds"])
-        assert r["tensors"] == len(weights) and r["download_bytes"] > all_bytes
+        assert r["tensors"] == len(weights) and r["whole_bytes"] > all_bytes
     assert rows["plain"]["tensors_sent"] == len(weights)
     assert rows["classifier"]["tensors_sent"] == sum(heads)
     assert rows["fedbabu"]["tensors_sent"] == len(weights) - sum(heads)
@@ -36,6 +36,10 @@ def test_each_kind_of_round_uploads_what_it_trained():
     assert 0 < rows["classifier"]["upload_bytes"] - head_bytes < 4096
     assert 0 < rows["fedbabu"]["upload_bytes"] - (all_bytes - head_bytes) < 4096
     assert 0 < rows["plain"]["upload_bytes"] - all_bytes < 4096
+    # the next request refers to what the hospital holds: after a classifier round only the head goes down
+    assert 0 < rows["classifier"]["download_bytes"] - head_bytes < 8192
+    assert 0 < rows["fedbabu"]["download_bytes"] - (all_bytes - head_bytes) < 8192
+    assert 0 < rows["plain"]["download_bytes"] - all_bytes < 4096
 
 
 def test_main_prints_a_row_per_kind_and_refuses_bad_sizes(capsys):

@@ -3,11 +3,22 @@ their ``id``; the server calls ``fit`` / ``evaluate`` / ``summary``."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
+import numpy as np
 
-from hemafed.exchange import CONTENT_TYPE, UNCHANGED_KEY, ExchangeError, ModelExchange, fill_unchanged
+from hemafed.exchange import (
+    ACCEPTS_KEY,
+    CONTENT_TYPE,
+    HELD_KEY,
+    UNCHANGED_KEY,
+    ExchangeError,
+    ModelExchange,
+    fill_unchanged,
+    refer_to_held,
+    tensor_digest,
+)
 from hemafed.schemas import (
     DatasetSummaryPublic,
     EvaluateInstructions,
@@ -55,6 +66,13 @@ class HttpHospitalClient:
         self.run_id = run_id
         self.base_url = base_url.rstrip("/")
         self.http = http
+        #: digests of the tensors the hospital holds (the weights of the last request it answered):
+        #: a request leaves those out and names them (hemafed.exchange.refer_to_held)
+        self.held: frozenset[str] = frozenset()
+        #: whether the hospital accepts such references (its /fit replies say so; older ones do not)
+        self.accepts_held = False
+        #: bytes of the last request's body (what went down to the hospital)
+        self.last_request_bytes = 0
 
     @property
     def id(self) -> str:
@@ -75,18 +93,35 @@ class HttpHospitalClient:
         _raise_for(r)
         return DatasetSummaryPublic.model_validate(r.json())
 
+    async def _post_weights(self, path: str, weights: Weights, rnd: int, extra: dict[str, Any], *,
+                            aux: dict[str, list[np.ndarray]] | None = None,
+                            timeout: float | None = None) -> httpx.Response:
+        """POST a model exchange carrying ``weights``, leaving out the tensors the hospital holds; a
+        412 (it does not hold them: restarted, or it missed a request) is answered by sending the
+        request whole, once. Afterwards the hospital holds ``weights`` (any other answer: unknown,
+        so the next request goes whole)."""
+        digests = [tensor_digest(w) for w in weights]
+        held = self.held if self.accepts_held else frozenset()
+        while True:
+            carried, refs = refer_to_held(weights, held, digests)
+            msg = ModelExchange(weights=carried, round=rnd, extra={**extra, **({HELD_KEY: refs} if refs else {})},
+                                aux=aux or {})
+            body = msg.to_bytes()
+            r = await self.http.post(f"{self.base_url}{path}", content=body, headers={"content-type": CONTENT_TYPE},
+                                     timeout=timeout)
+            self.last_request_bytes = len(body)
+            if r.status_code == 412 and refs:
+                held = frozenset()
+                continue
+            self.held = frozenset(digests) if r.status_code < 400 else frozenset()
+            return r
+
     async def fit(self, rnd: int, ins: FitIns, task: TaskSpec) -> tuple[FitRes, int]:
-        msg = ModelExchange(
-            weights=ins.weights,
-            round=rnd,
-            extra={"instructions": FitInstructions(task=task, config=ins.config, omit_unchanged=True)
-                   .model_dump(mode="json"),
-                   **({"run_id": self.run_id} if self.run_id else {})},
-            aux=ins.aux,
-        )
-        r = await self.http.post(
-            f"{self.base_url}/fit", content=msg.to_bytes(), headers={"content-type": CONTENT_TYPE}, timeout=None
-        )
+        r = await self._post_weights(
+            "/fit", ins.weights, rnd,
+            {"instructions": FitInstructions(task=task, config=ins.config, omit_unchanged=True)
+             .model_dump(mode="json"), **({"run_id": self.run_id} if self.run_id else {})},
+            aux=ins.aux)
         _raise_for(r)
         try:
             reply = ModelExchange.from_bytes(r.content)
@@ -94,6 +129,8 @@ class HttpHospitalClient:
             raise HospitalError("rejected", f"unusable update: {exc}") from exc
         if reply.round != rnd:
             raise HospitalError("rejected", f"update is for round {reply.round}, not the current round {rnd}")
+        accepts = reply.extra.get(ACCEPTS_KEY)
+        self.accepts_held = isinstance(accepts, list) and HELD_KEY in accepts
         try:  # the tensors the hospital sent back unchanged are left out of its reply: put back what was sent
             weights = fill_unchanged(ins.weights, reply.weights, reply.extra.get(UNCHANGED_KEY))
         except ExchangeError as exc:
@@ -105,14 +142,8 @@ class HttpHospitalClient:
         return res, len(r.content)
 
     async def evaluate(self, rnd: int, weights: Weights, task: TaskSpec) -> EvaluateRes:
-        msg = ModelExchange(
-            weights=weights, round=rnd,
-            extra={"instructions": EvaluateInstructions(task=task).model_dump(mode="json")},
-        )
-        r = await self.http.post(
-            f"{self.base_url}/evaluate", content=msg.to_bytes(), headers={"content-type": CONTENT_TYPE},
-            timeout=None,
-        )
+        r = await self._post_weights("/evaluate", weights, rnd,
+                                     {"instructions": EvaluateInstructions(task=task).model_dump(mode="json")})
         _raise_for(r)
         ev = EvaluatePublic.model_validate(r.json())
         return EvaluateRes(hospital_id=self._id, loss=ev.loss, accuracy=ev.accuracy, num_examples=ev.num_examples)
@@ -122,14 +153,11 @@ class HttpHospitalClient:
                              rounds: int, timeout: float | None = None,
                              learning_rates: list[float] | None = None) -> FitRes:
         """Ask the hospital for a purely local model trained from ``weights`` (``POST /local-baseline``)."""
-        msg = ModelExchange(
-            weights=weights, round=rnd,
-            extra={"instructions": LocalBaselineInstructions(task=task, config=config, rounds=rounds,
-                                                             learning_rates=learning_rates or [])
-                   .model_dump(mode="json")},
-        )
-        r = await self.http.post(f"{self.base_url}/local-baseline", content=msg.to_bytes(),
-                                 headers={"content-type": CONTENT_TYPE}, timeout=timeout)
+        r = await self._post_weights(
+            "/local-baseline", weights, rnd,
+            {"instructions": LocalBaselineInstructions(task=task, config=config, rounds=rounds,
+                                                       learning_rates=learning_rates or []).model_dump(mode="json")},
+            timeout=timeout)
         _raise_for(r)
         try:
             reply = ModelExchange.from_bytes(r.content)

@@ -58,15 +58,21 @@ def timing(server: FederatedServer, now: float | None = None) -> dict[str, Any]:
 
 def communication(server: FederatedServer, initial: Weights, params: dict[str, int]) -> dict[str, Any]:
     """What travelled: the measured size of every update received (``update_bytes`` of each
-    hospital in each round, safetensors bodies) and the model's parameter counts."""
-    per_round = [int(sum((h or {}).get("update_bytes") or 0 for h in r.get("hospitals", {}).values()))
-                 for r in server.state.rounds]
+    hospital in each round, safetensors bodies), of every /fit request sent (``request_bytes``:
+    the global model less what the hospital held) and the model's parameter counts."""
+    def by_round(key: str) -> list[int]:
+        return [int(sum((h or {}).get(key) or 0 for h in r.get("hospitals", {}).values()))
+                for r in server.state.rounds]
+
+    per_round, requests = by_round("update_bytes"), by_round("request_bytes")
     total, trainable = int(params.get("total", 0)), int(params.get("trainable", 0))
     exchanged = int(sum(int(w.size) for w in initial))  # what travels (FedBN's local layers excluded)
     return {
         "update_bytes_per_round": per_round,
         "update_bytes_total": int(sum(per_round)),
         "update_bytes_mean_per_round": sum(per_round) / len(per_round) if per_round else None,
+        "request_bytes_per_round": requests,
+        "request_bytes_total": int(sum(requests)),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "non_trainable_parameters": total - trainable,

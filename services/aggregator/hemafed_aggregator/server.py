@@ -329,7 +329,7 @@ class FederatedServer:
             self.state.hospitals[client.id].status = "training"
             t = time.perf_counter()
             res, nbytes = await client.fit(rnd, ins, task)
-            return res, nbytes, time.perf_counter() - t
+            return res, (nbytes, getattr(client, "last_request_bytes", 0)), time.perf_counter() - t
 
         tasks = {asyncio.create_task(one(c, ins)): c for c, ins in pairs}
         done, pending = await asyncio.wait(tasks, timeout=self.run_cfg.round_timeout)
@@ -345,7 +345,7 @@ class FederatedServer:
                 status = exc.status if isinstance(exc, HospitalError) else "error"
                 failures.append(Failure(client.id, status, str(exc) or type(exc).__name__))
             else:
-                res, nbytes, seconds = t.result()
+                res, (nbytes, request_bytes), seconds = t.result()
                 try:
                     check_weights(res.weights, spec, max_norm=self.run_cfg.max_update_norm)
                 except ExchangeError as exc:
@@ -360,6 +360,7 @@ class FederatedServer:
                         status="ok", train_loss=res.metrics.get("train_loss"),
                         train_accuracy=res.metrics.get("train_accuracy"), num_examples=res.num_examples,
                         fit_seconds=res.metrics.get("fit_seconds", seconds), update_bytes=nbytes,
+                        request_bytes=request_bytes,
                     )
         for f in failures:
             hs = self.state.hospitals[f.hospital_id]

@@ -25,6 +25,10 @@ Client side of the strategies that need one (the aggregator's strategies set the
   aggregator always does), the tensors sent back bit for bit as received are not in the reply,
   only their positions (``extra["unchanged"]``, :func:`hemafed.exchange.omit_unchanged`): a
   classifier round uploads the classifier alone, a FedBABU round everything but it.
+* Requests may leave out what the hospital holds: the weights of the last request received are
+  kept by digest (``held``), and a request's ``extra["held"]`` names the tensors to take from them
+  (:func:`hemafed.exchange.resolve_held`); one it does not hold is a 412 (the aggregator then sends
+  the request whole).
 * Data schedules (``schedule``): under ``weekly`` / ``weekly-recycle`` a round trains (and
   validates its update locally) on its part of the data only (:mod:`hemafed.data.schedule`);
   global validation (``evaluate``) always uses the whole local validation split.
@@ -55,7 +59,19 @@ from pydantic import ValidationError
 
 from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
 from hemafed.data.schedule import round_indices
-from hemafed.exchange import UNCHANGED_KEY, ExchangeError, ModelExchange, check_weights, omit_unchanged, spec_of
+from hemafed.exchange import (
+    ACCEPTS_KEY,
+    HELD_KEY,
+    UNCHANGED_KEY,
+    ExchangeError,
+    MissingTensors,
+    ModelExchange,
+    check_weights,
+    omit_unchanged,
+    resolve_held,
+    spec_of,
+    tensor_digest,
+)
 from hemafed.schemas import (
     DatasetSummaryPublic,
     EvaluateInstructions,
@@ -126,6 +142,10 @@ class HospitalAgent:
         self.last_round = 0
         #: repeated / out-of-date /fit requests (replay.py)
         self.replay = FitReplay()
+        #: the weights of the last request received, by digest: a later request may refer to them
+        #: instead of sending them again (hemafed.exchange.resolve_held); one model's worth of memory
+        self.held: dict[str, np.ndarray] = {}
+        self._held_lock = threading.Lock()
         #: TEST-ONLY fault injection (attacks.py); none unless ATTACKER names this hospital
         self.attack = Attack.for_hospital(settings.hospital_id, settings.attack, settings.attacker,
                                           scale=settings.attack_scale, noise_std=settings.attack_noise_std,
@@ -280,6 +300,7 @@ class HospitalAgent:
             reply.weights, left_out = omit_unchanged(reply.weights, msg.weights)
             if left_out:
                 reply.extra[UNCHANGED_KEY] = left_out
+        reply.extra[ACCEPTS_KEY] = [HELD_KEY]  # later requests may refer to the weights held here
         return reply.to_bytes()
 
     @contextlib.contextmanager
@@ -499,8 +520,9 @@ class HospitalAgent:
             extra={"hospital_id": self.settings.hospital_id},
         )
 
-    @staticmethod
-    def _decode(body: bytes, schema):
+    def _decode(self, body: bytes, schema):
+        """The request and its instructions; the tensors it refers to (``extra["held"]``) taken from
+        the last weights received (412 when they are not held here: the sender sends them)."""
         try:
             msg = ModelExchange.from_bytes(body)
         except ExchangeError as exc:
@@ -509,6 +531,14 @@ class HospitalAgent:
             instructions = schema.model_validate(msg.extra.get("instructions"))
         except ValidationError as exc:
             raise AgentError(422, f"bad instructions: {exc.errors(include_url=False)}") from exc
+        with self._held_lock:
+            try:
+                msg.weights = resolve_held(msg.weights, msg.extra.get(HELD_KEY), self.held)
+            except MissingTensors as exc:
+                raise AgentError(412, str(exc)) from exc
+            except ExchangeError as exc:
+                raise AgentError(400, str(exc)) from exc
+            self.held = {tensor_digest(w): w for w in msg.weights}
         return msg, instructions
 
 

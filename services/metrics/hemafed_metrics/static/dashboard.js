@@ -272,6 +272,7 @@
           if (HF.isNum(m.fit_seconds)) title += '\nfit ' + fmt.secs(m.fit_seconds);
           if (HF.isNum(m.val_accuracy)) title += '\nval accuracy ' + fmt.pct(m.val_accuracy);
           if (m.num_examples) title += '\n' + fmt.num(m.num_examples) + ' examples';
+          if (m.request_bytes) title += '\nsent ' + fmt.bytes(m.request_bytes);
           if (m.update_bytes) title += '\nupdate ' + fmt.bytes(m.update_bytes);
           if (m.message) title += '\n' + m.message;
         }
