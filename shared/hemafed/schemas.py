@@ -208,7 +208,8 @@ class HospitalRoundMetrics(BaseModel):
     fit_seconds: float | None = None
     #: bytes of the hospital's reply to /fit (its update, less what it sent back unchanged)
     update_bytes: int = 0
-    #: bytes of the /fit request (the global model, less what the hospital already held)
+    #: bytes of this round's requests that carried a model to the hospital (/fit, then /evaluate
+    #: with the aggregated model), less the tensors it already held
     request_bytes: int = 0
     message: str = ""
 

@@ -177,6 +177,14 @@ async def test_classifier_rounds_retrain_the_classifier_on_frozen_features(data5
     assert all(b > 10 * head_bytes for b in sizes[0])
     comm = json.loads((tmp_path / "dyn1crt" / "test_results.json").read_text())["communication"]
     assert comm["update_bytes_per_round"] == [sum(s) for s in sizes]
+    # requests: round 1's /fit and /evaluate go whole (the aggregate changed every tensor); round 2's
+    # /fit carries the model each hospital received for round 1's global validation, which it holds
+    # (every tensor referred to, none sent), its /evaluate the re-trained classifier alone
+    requests = [[h["request_bytes"] for h in r["hospitals"].values()] for r in state.rounds]
+    whole = sum(int(v.numpy().nbytes) for v in m2.trainable_variables)
+    assert all(2 * whole < b < 2 * whole + 16384 for b in requests[0]), (whole, requests)
+    assert all(head_bytes < b < head_bytes + 8192 for b in requests[1]), (head_bytes, requests)
+    assert comm["request_bytes_per_round"] == [sum(r) for r in requests]
     w1, w2 = get_exchanged(m1), get_exchanged(m2)
     assert len(w1) == len(heads)
     for a, b, head in zip(w1, w2, heads):

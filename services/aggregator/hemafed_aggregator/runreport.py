@@ -58,8 +58,8 @@ def timing(server: FederatedServer, now: float | None = None) -> dict[str, Any]:
 
 def communication(server: FederatedServer, initial: Weights, params: dict[str, int]) -> dict[str, Any]:
     """What travelled: the measured size of every update received (``update_bytes`` of each
-    hospital in each round, safetensors bodies), of every /fit request sent (``request_bytes``:
-    the global model less what the hospital held) and the model's parameter counts."""
+    hospital in each round, safetensors bodies), of the requests that carried a model to it
+    (``request_bytes``: /fit and /evaluate, less what the hospital held) and the model's parameter counts."""
     def by_round(key: str) -> list[int]:
         return [int(sum((h or {}).get(key) or 0 for h in r.get("hospitals", {}).values()))
                 for r in server.state.rounds]

@@ -384,6 +384,7 @@ class FederatedServer:
                 out.append(ev)
                 metrics[c.id].val_accuracy = ev.accuracy
                 metrics[c.id].val_loss = ev.loss
+                metrics[c.id].request_bytes += getattr(c, "last_request_bytes", 0)
             else:
                 why = "timeout" if t in pending else str(t.exception())
                 log.warning("round %d: evaluation on %s failed: %s", rnd, c.id, why)
