@@ -232,7 +232,8 @@ async def test_best_by_picks_the_round_by_the_median_or_the_pooled_validation_ac
     assert (saved.metrics["val_accuracy_median"], saved.metrics["val_accuracy_mean"]) == pytest.approx(figures[best])
     card = json.loads((run_dir / "model_card.json").read_text())
     assert card["selection"] == {
-        "best_round": best, "best_by": best_by, "best_val_accuracy": score, "best_val_accuracy_median": figures[best][0],
+        "best_round": best, "best_by": best_by, "best_val_accuracy": score,
+        "best_val_accuracy_median": figures[best][0],
         "rule": ("the round with the highest median of the hospitals' validation accuracies (never chosen on the "
                  "test set)") if best_by == "median" else
                 ("the round with the highest pooled validation accuracy, all hospitals' validation images "
