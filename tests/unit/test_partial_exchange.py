@@ -4,6 +4,9 @@ The aggregator's real client against a real hospital app (ASGI transport, no soc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
@@ -25,24 +28,22 @@ CONFIG = FitConfig(local_epochs=1, batch_size=16, augment=False)
 CLASSIFIER = CONFIG.model_copy(update={"classifier_only": True, "optimizer": "sgd", "learning_rate": 0.05})
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return synthetic_folder(tmp_path_factory.mktemp("hospital-1"), n_per_class=3, size=16)
+@dataclass
+class Setup:
+    data_dir: Path
+    initial: list[np.ndarray]
+    #: for each exchanged tensor: is it the classifier's?
+    heads: list[bool]
 
 
 @pytest.fixture(scope="module")
-def initial():
+def setup(tmp_path_factory) -> Setup:
     from hemafed.models import build_for_task, get_exchanged
-
-    return get_exchanged(build_for_task(TASK))
-
-
-@pytest.fixture(scope="module")
-def heads():
-    from hemafed.models import build_for_task
     from hemafed.training import classifier_mask
 
-    return classifier_mask(build_for_task(TASK))
+    model = build_for_task(TASK)
+    return Setup(synthetic_folder(tmp_path_factory.mktemp("hospital-1"), n_per_class=3, size=16),
+                 get_exchanged(model), classifier_mask(model))
 
 
 def _app(data_dir):
@@ -54,7 +55,8 @@ def _client(app) -> HttpHospitalClient:
     return HttpHospitalClient("hospital-1", "http://hospital-1", http, run_id="run-a")
 
 
-async def test_classifier_rounds_send_only_the_classifier_both_ways(data_dir, initial, heads):
+async def test_classifier_rounds_send_only_the_classifier_both_ways(setup):
+    data_dir, initial, heads = setup.data_dir, setup.initial, setup.heads
     whole = len(ModelExchange(weights=initial, round=1).to_bytes())
     head_bytes = sum(w.nbytes for w, h in zip(initial, heads) if h)
     app = _app(data_dir)
@@ -84,7 +86,8 @@ async def test_classifier_rounds_send_only_the_classifier_both_ways(data_dir, in
     await client.http.aclose()
 
 
-async def test_a_restarted_hospital_answers_412_and_gets_the_request_whole(data_dir, initial):
+async def test_a_restarted_hospital_answers_412_and_gets_the_request_whole(setup):
+    data_dir, initial = setup.data_dir, setup.initial
     app = _app(data_dir)
     client = _client(app)
     await client.fit(1, FitIns(weights=initial, config=CONFIG), TASK)
@@ -106,7 +109,8 @@ async def test_a_restarted_hospital_answers_412_and_gets_the_request_whole(data_
     await client.http.aclose()
 
 
-async def test_an_older_hospital_that_does_not_accept_references_gets_every_request_whole(initial):
+async def test_an_older_hospital_that_does_not_accept_references_gets_every_request_whole(setup):
+    initial = setup.initial
     seen = []
 
     def old_hospital(req: httpx.Request) -> httpx.Response:
@@ -122,11 +126,11 @@ async def test_an_older_hospital_that_does_not_accept_references_gets_every_requ
     assert seen == [(len(initial), False), (len(initial), False)] and client.accepts_held is False
 
 
-async def test_a_failed_request_leaves_nothing_assumed_held(data_dir, initial):
+async def test_a_failed_request_leaves_nothing_assumed_held(setup):
     """A refused request (here: wrong shapes, 422) may or may not have replaced what the hospital
     holds: the client assumes nothing, so the next request goes whole."""
-    app = _app(data_dir)
-    client = _client(app)
+    initial = setup.initial
+    client = _client(_app(setup.data_dir))
     await client.fit(1, FitIns(weights=initial, config=CONFIG), TASK)
     bad = [w[..., :1] if w.ndim else w for w in initial]
     with pytest.raises(HospitalError, match="HTTP 422"):
@@ -137,10 +141,11 @@ async def test_a_failed_request_leaves_nothing_assumed_held(data_dir, initial):
     await client.http.aclose()
 
 
-async def test_references_in_a_request_are_checked_by_the_hospital(data_dir, initial):
+async def test_references_in_a_request_are_checked_by_the_hospital(setup):
     from hemafed.schemas import FitInstructions
 
-    app = _app(data_dir)
+    initial = setup.initial
+    app = _app(setup.data_dir)
     ins = {"instructions": FitInstructions(task=TASK, config=CONFIG).model_dump(mode="json")}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hospital-1") as http:
         body = ModelExchange(weights=initial[1:], round=1, extra={**ins, HELD_KEY: [[0, "0" * 64]]}).to_bytes()

@@ -59,19 +59,8 @@ from pydantic import ValidationError
 
 from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
 from hemafed.data.schedule import round_indices
-from hemafed.exchange import (
-    ACCEPTS_KEY,
-    HELD_KEY,
-    UNCHANGED_KEY,
-    ExchangeError,
-    MissingTensors,
-    ModelExchange,
-    check_weights,
-    omit_unchanged,
-    resolve_held,
-    spec_of,
-    tensor_digest,
-)
+from hemafed.exchange import ACCEPTS_KEY, HELD_KEY, UNCHANGED_KEY, ExchangeError, MissingTensors, ModelExchange
+from hemafed.exchange import check_weights, omit_unchanged, resolve_held, spec_of, tensor_digest
 from hemafed.schemas import (
     DatasetSummaryPublic,
     EvaluateInstructions,
