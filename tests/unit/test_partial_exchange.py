@@ -156,3 +156,25 @@ async def test_references_in_a_request_are_checked_by_the_hospital(setup):
         r = await http.post("/fit", content=body)
         assert r.status_code == 400 and "SHA-256 hex digest" in r.json()["detail"]
         assert app.state.agent.held == {}  # nothing accepted, nothing held
+
+
+async def test_a_request_that_never_got_an_answer_leaves_nothing_assumed_held(setup):
+    """A dropped connection (or a cancelled request): the hospital may or may not have replaced what
+    it holds, so the client assumes nothing and sends the next request whole."""
+    client = _client(_app(setup.data_dir))
+    await client.fit(1, FitIns(weights=setup.initial, config=CONFIG), TASK)
+    assert client.held and client.accepts_held
+    working = client.http
+
+    def drop(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection reset", request=request)
+
+    client.http = httpx.AsyncClient(transport=httpx.MockTransport(drop))
+    with pytest.raises(httpx.ConnectError):
+        await client.evaluate(1, setup.initial, TASK)
+    assert client.held == frozenset()
+    await client.http.aclose()
+    client.http = working
+    ev = await client.evaluate(1, setup.initial, TASK)
+    assert ev.num_examples > 0 and client.last_request_bytes > sum(w.nbytes for w in setup.initial)
+    await client.http.aclose()

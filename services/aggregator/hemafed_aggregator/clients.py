@@ -102,6 +102,7 @@ class HttpHospitalClient:
         so the next request goes whole)."""
         digests = [tensor_digest(w) for w in weights]
         held = self.held if self.accepts_held else frozenset()
+        self.held = frozenset()  # until the hospital answers (a request that fails or is cancelled: unknown)
         while True:
             carried, refs = refer_to_held(weights, held, digests)
             msg = ModelExchange(weights=carried, round=rnd, extra={**extra, **({HELD_KEY: refs} if refs else {})},
