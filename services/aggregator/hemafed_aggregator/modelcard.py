@@ -121,10 +121,15 @@ SELECTION_RULES = {
 }
 
 
+def round_global(rounds: list[dict[str, Any]], rnd: int | None) -> dict[str, Any]:
+    """The global validation figures recorded for round ``rnd`` ({} when there are none)."""
+    return next(((r.get("global") or {}) for r in rounds if r.get("round") == rnd), {})
+
+
 def selection(run: Any, state: Any, best_round: int | None, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The best round, the figure it was picked by and its median of the hospitals' accuracies."""
     by = getattr(run, "best_by", "median")
-    glob = next(((r.get("global") or {}) for r in rounds if r.get("round") == best_round), {})
+    glob = round_global(rounds, best_round)
     median = glob.get("val_accuracy_median", state.best_val_accuracy if by == "median" else None)
     return {"best_round": best_round, "best_by": by, "best_val_accuracy": state.best_val_accuracy,
             "best_val_accuracy_median": median, "rule": SELECTION_RULES[by]}

@@ -291,13 +291,6 @@ class FederatedServer:
             extra={"round": rnd},
         )
 
-    def _best_round_figure(self, key: str) -> float | None:
-        """A global validation figure (``val_accuracy_median`` ...) of the best round, None without one."""
-        for r in self.state.rounds:
-            if r.get("round") == self.state.best_round:
-                return (r.get("global") or {}).get(key)
-        return None
-
     def _participants(self, rnd: int) -> tuple[list[HospitalClient], list[HospitalClient]]:
         """Hospitals present / departed in round ``rnd`` (PARTICIPATION; all present by default)."""
         ids = self.participation.present([c.id for c in self.clients], rnd, seed=self.run_cfg.seed,
@@ -396,7 +389,8 @@ class FederatedServer:
         best = self.best_weights if self.best_weights is not None else self.weights
         meta = {"run_id": self.run_cfg.run_id, "best_round": self.state.best_round,
                 "best_by": self.run_cfg.best_by, "best_val_accuracy": self.state.best_val_accuracy,
-                "best_val_accuracy_median": self._best_round_figure("val_accuracy_median"),
+                "best_val_accuracy_median": modelcard.round_global(self.state.rounds, self.state.best_round)
+                .get("val_accuracy_median"),
                 "rounds": self.run_cfg.rounds,
                 "strategy": self.strategy.describe(), "initialised_from": self.state.initialised_from}
         await asyncio.to_thread(modelops.save_keras, self.task, best, self.run_dir / "best.keras",
