@@ -17,7 +17,9 @@ carries only what training changed, so frozen layers do not travel upstream.
 The other way round, the aggregator leaves out of a request the tensors the hospital already
 holds from the last weights it received (:func:`refer_to_held`): ``extra["held"]`` lists
 ``[position, SHA-256 digest]`` pairs, and the hospital takes those tensors from what it holds
-(:func:`resolve_held`), by digest, so a tensor is never taken for another. A hospital that does
+(:func:`resolve_held`), by digest, so a tensor is never taken for another; :func:`request_digest`
+names a request by what it asks for, not by its bytes, so a resend that refers to held tensors is
+recognised as the request it repeats. A hospital that does
 not hold one (restarted) answers 412 and gets the request whole; references are used only with a
 hospital whose /fit reply said it accepts them (``extra["accepts"]``). In classifier rounds the frozen
 feature extractor then travels neither way.
@@ -238,6 +240,25 @@ def resolve_held(carried: list[np.ndarray], refs: Any, held: Mapping[str, np.nda
     by_position = dict((i, held[d]) for i, d in refs)
     rest = iter(carried)
     return [by_position[i] if i in by_position else next(rest) for i in range(total)]
+
+
+def request_digest(msg: ModelExchange, weight_digests: list[str] | None = None) -> str:
+    """SHA-256 (hex) of what a request asks for, however its tensors travelled: round, example count,
+    metrics, ``extra`` without the references (``held``), and the digests of its full weights (after
+    :func:`resolve_held`; ``weight_digests`` if already computed) and of its aux tensors. A request sent
+    whole and the same request referring to held tensors have the same digest."""
+    digests = weight_digests if weight_digests is not None else [tensor_digest(w) for w in msg.weights]
+    if len(digests) != len(msg.weights):
+        raise ValueError(f"{len(digests)} digests for {len(msg.weights)} weights")
+    content = {
+        "round": msg.round,
+        "num_examples": msg.num_examples,
+        "metrics": msg.metrics,
+        "extra": {k: v for k, v in msg.extra.items() if k != HELD_KEY},
+        "weights": digests,
+        "aux": {g: [tensor_digest(a) for a in arrays] for g, arrays in sorted(msg.aux.items())},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 WeightSpec = list[tuple[tuple[int, ...], str]]

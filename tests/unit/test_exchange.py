@@ -16,6 +16,7 @@ from hemafed.exchange import (
     fill_unchanged,
     omit_unchanged,
     refer_to_held,
+    request_digest,
     resolve_held,
     spec_of,
     tensor_digest,
@@ -192,3 +193,29 @@ def test_a_reference_to_a_tensor_not_held_is_missing_and_bad_references_are_refu
     for refs in ([[2, d]], [[-1, d]], [[1, d], [0, d]], [[0, d], [0, d]]):
         with pytest.raises(ExchangeError, match="strictly increasing and below"):
             resolve_held([w], refs, {d: w})
+
+
+def test_a_request_digest_is_of_what_it_asks_for_not_of_how_its_tensors_travelled():
+    weights = [np.full(3, 1.0, np.float32), np.full((2, 2), 2.0, np.float32)]
+    extra = {"instructions": {"config": {"local_epochs": 1}}, "run_id": "run-a"}
+    whole = ModelExchange(weights=weights, round=4, extra=extra)
+    held = {tensor_digest(w): w for w in weights}
+    carried, refs = refer_to_held(weights, frozenset(held))
+    wire = ModelExchange.from_bytes(ModelExchange(weights=carried, round=4, extra={**extra, HELD_KEY: refs}).to_bytes())
+    assert wire.to_bytes() != whole.to_bytes()  # other bytes ...
+    wire.weights = resolve_held(wire.weights, wire.extra[HELD_KEY], held)
+    digest = request_digest(whole)
+    assert len(digest) == 64 and request_digest(wire) == digest  # ... the same request
+    assert request_digest(whole, [tensor_digest(w) for w in weights]) == digest
+    # anything it asks for changes it: the round, the instructions, a weight, an aux tensor, the counts
+    changed = [
+        ModelExchange(weights=weights, round=5, extra=extra),
+        ModelExchange(weights=weights, round=4, extra={**extra, "run_id": "run-b"}),
+        ModelExchange(weights=[weights[0], weights[1] + 1], round=4, extra=extra),
+        ModelExchange(weights=weights, round=4, extra=extra, aux={"c": [np.zeros(2, np.float32)]}),
+        ModelExchange(weights=weights, round=4, extra=extra, num_examples=3),
+        ModelExchange(weights=weights, round=4, extra=extra, metrics={"loss": 1.0}),
+    ]
+    assert len({request_digest(m) for m in changed} | {digest}) == len(changed) + 1
+    with pytest.raises(ValueError, match="1 digests for 2 weights"):
+        request_digest(whole, [tensor_digest(weights[0])])

@@ -178,3 +178,29 @@ async def test_a_request_that_never_got_an_answer_leaves_nothing_assumed_held(se
     ev = await client.evaluate(1, setup.initial, TASK)
     assert ev.num_examples > 0 and client.last_request_bytes > sum(w.nbytes for w in setup.initial)
     await client.http.aclose()
+
+
+async def test_a_request_resent_whole_after_one_that_referred_to_held_tensors_is_not_trained_again(setup):
+    """The hospital recognises a repeated /fit by what it asks for, not by its bytes: the same round
+    sent once with references and once whole gets the remembered answer (a retry after a failed
+    request goes whole: it must not train the round again)."""
+    from hemafed.schemas import FitInstructions
+
+    initial = setup.initial
+    app = _app(setup.data_dir)
+    agent = app.state.agent
+    extra = {"instructions": FitInstructions(task=TASK, config=CONFIG).model_dump(mode="json"), "run_id": "run-a"}
+    refs = [[i, tensor_digest(w)] for i, w in enumerate(initial)]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hospital-1") as http:
+        first = await http.post("/fit", content=ModelExchange(weights=initial, round=1, extra=extra).to_bytes())
+        assert first.status_code == 200, first.text
+        referred = await http.post("/fit", content=ModelExchange(weights=[], round=1,
+                                                                 extra={**extra, HELD_KEY: refs}).to_bytes())
+        whole = await http.post("/fit", content=ModelExchange(weights=initial, round=1, extra=extra).to_bytes())
+        assert referred.status_code == whole.status_code == 200
+        assert referred.content == whole.content == first.content
+        assert agent.replay.replayed == 2
+        # the same round with other weights is other content: trained again
+        other = await http.post("/fit", content=ModelExchange(weights=[w + 0.01 for w in initial], round=1,
+                                                              extra=extra).to_bytes())
+        assert other.status_code == 200 and other.content != first.content and agent.replay.replayed == 2

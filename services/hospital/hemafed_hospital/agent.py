@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
 from hemafed.data.schedule import round_indices
 from hemafed.exchange import ACCEPTS_KEY, HELD_KEY, UNCHANGED_KEY, ExchangeError, MissingTensors, ModelExchange
-from hemafed.exchange import check_weights, omit_unchanged, resolve_held, spec_of, tensor_digest
+from hemafed.exchange import check_weights, omit_unchanged, request_digest, resolve_held, spec_of, tensor_digest
 from hemafed.schemas import (
     DatasetSummaryPublic,
     EvaluateInstructions,
@@ -274,11 +274,11 @@ class HospitalAgent:
     # ------------------------------------------------------------------ handlers
 
     def fit(self, body: bytes) -> bytes:
-        msg, instructions = self._decode(body, FitInstructions)
+        msg, instructions, digest = self._decode(body, FitInstructions)
         run_id = msg.extra.get("run_id")
         try:
             return self.replay.run(instructions.task.model_dump_json(), run_id if isinstance(run_id, str) else None,
-                                   msg.round, body, lambda: self._fit_once(msg, instructions))
+                                   msg.round, digest, lambda: self._fit_once(msg, instructions))
         except StaleRound as exc:
             raise AgentError(409, str(exc)) from exc
 
@@ -433,7 +433,7 @@ class HospitalAgent:
     def evaluate(self, body: bytes) -> EvaluatePublic:
         from hemafed.training import evaluate
 
-        msg, ins = self._decode(body, EvaluateInstructions)
+        msg, ins, _ = self._decode(body, EvaluateInstructions)
         task = ins.task
         d = self.data(task.image_size)
         x, y = self._task_labels(d, task, "val")
@@ -453,7 +453,7 @@ class HospitalAgent:
 
     def local_baseline(self, body: bytes) -> bytes:
         """``POST /local-baseline``: a purely local model for the local-vs-federated table."""
-        msg, ins = self._decode(body, LocalBaselineInstructions)
+        msg, ins, _ = self._decode(body, LocalBaselineInstructions)
         with self._training():
             return self._local_baseline(msg, ins).to_bytes()
 
@@ -510,8 +510,9 @@ class HospitalAgent:
         )
 
     def _decode(self, body: bytes, schema):
-        """The request and its instructions; the tensors it refers to (``extra["held"]``) taken from
-        the last weights received (412 when they are not held here: the sender sends them)."""
+        """The request, its instructions and its digest (:func:`hemafed.exchange.request_digest`: the
+        same whether its tensors were sent or referred to); the tensors it refers to (``extra["held"]``)
+        taken from the last weights received (412 when they are not held here: the sender sends them)."""
         try:
             msg = ModelExchange.from_bytes(body)
         except ExchangeError as exc:
@@ -527,8 +528,9 @@ class HospitalAgent:
                 raise AgentError(412, str(exc)) from exc
             except ExchangeError as exc:
                 raise AgentError(400, str(exc)) from exc
-            self.held = {tensor_digest(w): w for w in msg.weights}
-        return msg, instructions
+            digests = [tensor_digest(w) for w in msg.weights]
+            self.held = dict(zip(digests, msg.weights))
+        return msg, instructions, request_digest(msg, digests)
 
 
 def _stable_hash(s: str) -> int:

@@ -2,11 +2,14 @@
 
 The aggregator calls the hospitals (``POST /fit``); a request names its run (``extra["run_id"]``)
 and round. Per run (and task), the hospital remembers the last round it trained, a digest of
-that request and its answer:
+that request and its answer. The digest is of what the request asks for
+(:func:`hemafed.exchange.request_digest`: round, instructions and the full weights, whether they
+were sent or referred to as tensors the hospital holds), not of its bytes:
 
-* the **same request again** (same round, same bytes: an aggregator that resumed after a crash,
-  a retried HTTP call) is answered with the remembered answer, byte for byte, without training
-  again; if that round is still training, the repeat waits for it and gets the same answer;
+* the **same request again** (an aggregator that resumed after a crash, a retried HTTP call, a
+  resend whole after a failed request that referred to held tensors) is answered with the
+  remembered answer, byte for byte, without training again; if that round is still training, the
+  repeat waits for it and gets the same answer;
 * a request for a round **older** than the last one trained for that run is refused with 409
   (a late or replayed message must never roll the hospital back or train an old model again);
 * the same round with **different** content is trained again (the agent then starts from its
@@ -18,7 +21,6 @@ is trained, and a lower round then means a new run, as the agent's algorithm sta
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -56,11 +58,10 @@ class FitReplay:
         #: how many requests were answered without training (replays)
         self.replayed = 0
 
-    def run(self, key: str, run_id: str | None, rnd: int, body: bytes, train: Callable[[], bytes]) -> bytes:
-        """Answer the request ``body`` for round ``rnd``: from memory, or by ``train()``."""
+    def run(self, key: str, run_id: str | None, rnd: int, digest: str, train: Callable[[], bytes]) -> bytes:
+        """Answer the request of round ``rnd`` whose content has ``digest``: from memory, or by ``train()``."""
         if not run_id:  # a request that does not name its run: neither remembered nor checked
             return train()
-        digest = hashlib.sha256(body).hexdigest()
         key = f"{run_id}\n{key}"
         with self._lock:
             last, busy = self._last.get(key), self._training.get(key)
