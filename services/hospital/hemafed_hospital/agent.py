@@ -274,11 +274,11 @@ class HospitalAgent:
     # ------------------------------------------------------------------ handlers
 
     def fit(self, body: bytes) -> bytes:
-        msg, instructions, digest = self._decode(body, FitInstructions)
+        msg, instructions, digests = self._decode(body, FitInstructions)
         run_id = msg.extra.get("run_id")
         try:
             return self.replay.run(instructions.task.model_dump_json(), run_id if isinstance(run_id, str) else None,
-                                   msg.round, digest, lambda: self._fit_once(msg, instructions))
+                                   msg.round, request_digest(msg, digests), lambda: self._fit_once(msg, instructions))
         except StaleRound as exc:
             raise AgentError(409, str(exc)) from exc
 
@@ -510,9 +510,9 @@ class HospitalAgent:
         )
 
     def _decode(self, body: bytes, schema):
-        """The request, its instructions and its digest (:func:`hemafed.exchange.request_digest`: the
-        same whether its tensors were sent or referred to); the tensors it refers to (``extra["held"]``)
-        taken from the last weights received (412 when they are not held here: the sender sends them)."""
+        """The request, its instructions and its full weights' digests (for
+        :func:`hemafed.exchange.request_digest`); the tensors it refers to (``extra["held"]``) taken from
+        the last weights received (412 when they are not held here: the sender sends them)."""
         try:
             msg = ModelExchange.from_bytes(body)
         except ExchangeError as exc:
@@ -530,7 +530,7 @@ class HospitalAgent:
                 raise AgentError(400, str(exc)) from exc
             digests = [tensor_digest(w) for w in msg.weights]
             self.held = dict(zip(digests, msg.weights))
-        return msg, instructions, request_digest(msg, digests)
+        return msg, instructions, digests
 
 
 def _stable_hash(s: str) -> int:
