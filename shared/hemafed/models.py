@@ -229,7 +229,13 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 def finished_run(folder: Path, task: TaskSpec) -> dict[str, Any]:
     """Where a run that starts from a finished run's weights (``INIT_RUN``) starts: ``folder/final.keras``
     and its ``final.json``, refused (ModelError, with the reason) unless that run trained the same
-    model, image size and classes. Returns what the new run records about it (``initialised_from``)."""
+    model and classes. Returns what the new run records about it (``initialised_from``).
+
+    The image size may differ: the compact CNNs and the applications end in global average pooling,
+    so their weights do not depend on it (progressive resizing, or FixRes' fine-tuning at a larger
+    size than was trained at: Touvron et al. 2019); ``image_size`` in the record says what the
+    finished run trained at. A model whose weights do depend on the size is refused when they are
+    loaded (:func:`load_weights_from`)."""
     path, meta_path = folder / "final.keras", folder / "final.json"
     if not path.is_file() or not meta_path.is_file():
         raise ModelError(f"INIT_RUN={folder.name}: no final.keras and final.json in {folder} "
@@ -238,7 +244,8 @@ def finished_run(folder: Path, task: TaskSpec) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
         earlier = meta["task"]
         mismatch = [f"{k} {earlier.get(k)!r} there, {getattr(task, k)!r} here"
-                    for k in ("model", "image_size", "classes") if earlier.get(k) != getattr(task, k)]
+                    for k in ("model", "classes") if earlier.get(k) != getattr(task, k)]
+        resized = {"image_size": int(earlier["image_size"])} if earlier.get("image_size") != task.image_size else {}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"INIT_RUN={folder.name}: unreadable {meta_path.name}: {exc}") from None
     if mismatch:
@@ -246,7 +253,7 @@ def finished_run(folder: Path, task: TaskSpec) -> dict[str, Any]:
     # a centralized run counts epochs, a federated one rounds (its best by the hospitals' median)
     length = {k: meta[k] for k in ("epochs", "rounds") if k in meta}
     return {"run_id": folder.name, "path": str(path), **length, "strategy": meta.get("strategy"),
-            "best_val_accuracy": meta.get("best_val_accuracy", meta.get("best_val_accuracy_median"))}
+            "best_val_accuracy": meta.get("best_val_accuracy", meta.get("best_val_accuracy_median")), **resized}
 
 
 def load_weights_from(model: keras.Model, path: str | os.PathLike) -> None:

@@ -240,9 +240,26 @@ async def test_init_run_continues_an_earlier_run_from_its_final_weights(mounts, 
     plain = json.loads((earlier / "test_results.json").read_text())
     assert plain["initialised_from"] is None
 
-    # refused with the reason: a run that does not exist, and one that trained another model
+    # at another image size (FixRes, progressive resizing): the same weights, since the model ends in
+    # global average pooling; the start records the size the earlier run trained at
+    larger = again.model_copy(update={"run_id": "central-t3", "image_size": 2 * SIZE})
+    assert await run_central(larger, http=http, report_resources=False) == 0
+    out = tmp_path / "results" / "central-t3"
+    resized = load_model(out / "final.keras")
+    assert resized.input_shape == (None, 2 * SIZE, 2 * SIZE, 3)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(resized.get_weights(), earlier_final)) < 1e-5
+    test = json.loads((out / "test_results.json").read_text())
+    assert test["initialised_from"] == {"run_id": "central-t", "path": str(earlier / "final.keras"), "epochs": 2,
+                                        "strategy": "centralized", "best_val_accuracy": meta["best_val_accuracy"],
+                                        "image_size": SIZE}
+    assert json.loads((out / "final.json").read_text())["task"]["image_size"] == 2 * SIZE
+
+    # refused with the reason: a run that does not exist, and one that trained another model or classes
+    classes = meta["task"]["classes"]
     for run_id, edit, reason in (("nothing-here", None, "no final.keras and final.json"),
-                                 ("other-model", {"model": "cnn-wide"}, "model 'cnn-wide' there, 'cnn' here")):
+                                 ("other-model", {"model": "cnn-wide"}, "model 'cnn-wide' there, 'cnn' here"),
+                                 ("other-classes", {"classes": classes[::-1]},
+                                  f"classes {classes[::-1]!r} there, {classes!r} here")):
         if edit:
             other = tmp_path / "results" / run_id
             other.mkdir()

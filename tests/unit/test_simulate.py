@@ -266,18 +266,30 @@ async def test_init_run_starts_a_federation_from_a_finished_runs_final_weights(d
         else:  # the finished run's extractor, bit for bit (a fresh start would differ: seed 3 vs trained)
             np.testing.assert_array_equal(b, a)
 
+    # at another image size: the same extractor (global average pooling: the weights fit any size), and
+    # the start records the size the finished run trained at
+    larger = crt.model_copy(update={"run_id": "crt-larger", "image_size": 24})
+    state = await sim.simulate(larger, data, results_dir=tmp_path, concurrency=2)
+    assert state.status == "finished", state.message
+    assert state.initialised_from == {**expected, "image_size": 16}
+    m3 = load_model(tmp_path / "crt-larger" / "final.keras")
+    assert m3.input_shape == (None, 24, 24, 3)
+    for a, b, head in zip(get_exchanged(m1), get_exchanged(m3), heads):
+        if not head:
+            np.testing.assert_array_equal(b, a)
+
     # refused with the reason, nothing of the finished run lost
     missing = crt.model_copy(update={"run_id": "crt-missing", "init_run": "no-such-run"})
     state = await sim.simulate(missing, data, results_dir=tmp_path, concurrency=2)
     assert state.status == "failed" and "INIT_RUN=no-such-run: no final.keras and final.json" in state.message
-    other = tmp_path / "other-size"
+    other = tmp_path / "other-model"
     other.mkdir()
     (other / "final.keras").write_bytes((tmp_path / "first" / "final.keras").read_bytes())
-    (other / "final.json").write_text(json.dumps({**first_meta, "task": {**first_meta["task"], "image_size": 32}}))
-    state = await sim.simulate(crt.model_copy(update={"run_id": "crt-other", "init_run": "other-size"}), data,
+    (other / "final.json").write_text(json.dumps({**first_meta, "task": {**first_meta["task"], "model": "cnn-deep"}}))
+    state = await sim.simulate(crt.model_copy(update={"run_id": "crt-other", "init_run": "other-model"}), data,
                                results_dir=tmp_path, concurrency=2)
     assert state.status == "failed"
-    assert "INIT_RUN=other-size trained another task: image_size 32 there, 16 here" in state.message
+    assert "INIT_RUN=other-model trained another task: model 'cnn-deep' there, 'cnn' here" in state.message
     assert (tmp_path / "first" / "final.keras").is_file() and (tmp_path / "first" / "test_results.json").is_file()
 
 

@@ -144,7 +144,7 @@ class FederatedServer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         healthy = await self._wait_for_clients()
         self.task = await self._agree_task(healthy)
-        if cfg.init_run:  # a finished run's final weights (same model, size and classes)
+        if cfg.init_run:  # a finished run's final weights (same model and classes)
             try:
                 self.weights, params, self.state.initialised_from = await asyncio.to_thread(
                     modelops.finished_run_weights, self.task, self.run_dir.parent / cfg.init_run)

@@ -107,7 +107,7 @@ class RunConfig(BaseSettings):
     classifier_optimizer: Literal["", "adam", "sgd", "sgdm"] = ""
     classifier_augment: bool | None = None
     #: start from the final weights of a finished run in OUTPUT_DIR (its RUN_ID; '' = fresh weights):
-    #: same model, image size and classes, refused otherwise. With it every round may be a
+    #: same model and classes (any image size), refused otherwise. With it every round may be a
     #: classifier round (CLASSIFIER_ROUNDS = ROUNDS): the features come trained
     init_run: str = Field("", pattern=r"^[A-Za-z0-9_.\-]{0,64}$")
     #: an update whose L2 norm (all exchanged tensors) exceeds this is refused like a malformed one

@@ -21,7 +21,8 @@ profile ``central``, run with the hospital image)::
   ``INIT_RUN=<RUN_ID>`` starts from that earlier run's ``final.keras`` (in ``OUTPUT_DIR``) instead of
   fresh weights, with a fresh optimizer and this run's schedule: a warm restart (SGDR, Loshchilov &
   Hutter 2017) that continues a finished run for more epochs. The earlier run must have the same
-  model, image size and classes; ``test_results.json`` names it (``initialised_from``) and its epochs.
+  model and classes; the image size may differ (fine-tuning at a larger size, FixRes), and
+  ``test_results.json`` names the start (``initialised_from``), its epochs and, if it differs, its size.
 * Report: the best model on ``DATA_ROOT/test`` (``TTA=true``: each test image's prediction is
   the mean over its 8 dihedral views, and the single-view figures are reported beside) with :mod:`hemafed.report` (the same files as a
   federated run: ``test_results.json`` with ``timing``, ``confusion_matrix.csv/.png``,
@@ -110,7 +111,7 @@ class CentralSettings(ServiceSettings):
     ema_decay: float = Field(0.0, ge=0, lt=1)
     #: test-time augmentation: the test prediction is the mean over the 8 dihedral views
     tta: bool = False
-    #: start from OUTPUT_DIR/<INIT_RUN>/final.keras (an earlier run of the same model, size and classes)
+    #: start from OUTPUT_DIR/<INIT_RUN>/final.keras (an earlier run of the same model and classes, any size)
     init_run: str = Field("", pattern=r"^[A-Za-z0-9_.\-]{0,64}$")
     augment: bool = True
     class_weighting: bool = False
@@ -361,7 +362,7 @@ class CentralRun:
 
 def _initial_model(s: CentralSettings, task: TaskSpec) -> dict[str, Any]:
     """Where an ``INIT_RUN`` start comes from (``OUTPUT_DIR/<INIT_RUN>/final.keras`` and its
-    ``final.json``), refused unless that run trained the same model, image size and classes."""
+    ``final.json``), refused unless that run trained the same model and classes."""
     from hemafed.models import ModelError, finished_run
 
     try:
