@@ -526,7 +526,7 @@ SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
     "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (10, {"stack", "simulation"}),
     "dp-client-level": (3, {"simulation"}),
-    "label-skew": (24, {"simulation", "stack"}),
+    "label-skew": (27, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),
 }
 
@@ -544,6 +544,18 @@ def test_shipped_configs_are_valid(name):
     assert all(r.engine == "stack" for r in runs if r.kind == "central")  # make central: its own container
     for r in runs:
         ex.command_for(r, results_dir=Path("/r"))
+
+
+def test_pbc_figures_chain_starts_from_the_same_seeds_runs():
+    """The centralized chain names its earlier stages by scenario, so another seed runs a chain of
+    its own instead of starting from seed 0's weights."""
+    c = ex.load_config(ROOT / "experiments" / "pbc-figures.yaml").model_copy(update={"seeds": [0, 1]})
+    init = {(r.scenario, r.seed): r.settings.get("init_run") for r in ex.expand(c)}
+    for seed in (0, 1):
+        assert init[("central-deep-48-restart", seed)] == f"pbc-figures-central-deep-48-e28-{seed}"
+        assert init[("central-deep-48-restart2", seed)] == f"pbc-figures-central-deep-48-restart-{seed}"
+        assert init[("central-deep-64-fixres", seed)] == f"pbc-figures-central-deep-48-restart2-{seed}"
+        assert init[("central-deep-48-e28", seed)] is None
 
 
 def test_thesis_has_the_six_scenarios():
