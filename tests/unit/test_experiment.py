@@ -526,7 +526,7 @@ SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
     "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (10, {"stack", "simulation"}),
     "dp-client-level": (3, {"simulation"}),
-    "label-skew": (27, {"simulation", "stack"}),
+    "label-skew": (29, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),
 }
 
