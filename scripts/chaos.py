@@ -8,9 +8,10 @@ the metrics API and ``results/<run>/run.json``:
 
 * ``faults`` (one run): hospital-2 killed (SIGKILL, as a crash: its restart policy brings it
   back) in round 2; hospital-3 paused past the round deadline in round 3; the metrics service
-  stopped for rounds 4-5; hospital-1 disconnected from the compose network in round 5; the
-  aggregator killed in round 6 (it restarts and resumes from its checkpoint; the hospitals answer
-  the repeated round from memory); afterwards a replayed old-round /fit is sent to a hospital.
+  stopped for rounds 4-5; hospital-1 disconnected from the compose network for round 5 (cut
+  as soon as its round-4 update is in); the aggregator killed in round 6 (it restarts and resumes
+  from its checkpoint; the hospitals answer the repeated round from memory); afterwards a
+  replayed old-round /fit is sent to a hospital.
 * ``quorum`` (one short run): hospitals 2 and 3 stopped after round 1: the run waits with a
   clear status, then fails after WAIT_FOR_CLIENTS.
 * ``attacks``: one hospital of three poisons its updates (sign_flip, scale, noise, label_flip);
@@ -332,7 +333,12 @@ def run_faults(stack: LiveStack, rounds: int, round_timeout: int, clean_acc: flo
     metrics = stack.container("metrics")
     metrics.stop(timeout=5)
     stack.log(f"[{run_id}] metrics stopped")
-    stack.wait(lambda s: s["round"] >= pause_round + 2, 3 * round_timeout, f"round {pause_round + 2} started")
+    # cut hospital-1 off as soon as its round P+1 update is in (while P+1 validates, or as P+2 starts):
+    # waiting for P+2 to start raced with a fit that takes about a second here, so hospital-1 could
+    # answer P+2 before the cut (its P+1 validation may fail instead: that round already has its update)
+    stack.wait(lambda s: s["round"] >= pause_round + 2
+               or s["hospitals"]["hospital-1"].get("last_round", 0) >= pause_round + 1,
+               3 * round_timeout, f"hospital-1's round {pause_round + 1} update in")
     net, h1 = stack.network(), stack.container("hospital-1")
     net.disconnect(h1)
     stack.log(f"[{run_id}] hospital-1 disconnected")
