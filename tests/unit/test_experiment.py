@@ -524,7 +524,7 @@ def test_report_only_rewrites_tables_from_existing_results(tmp_path):
 
 SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
-    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (11, {"stack", "simulation"}),
+    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (12, {"stack", "simulation"}),
     "dp-client-level": (3, {"simulation"}),
     "label-skew": (29, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),
