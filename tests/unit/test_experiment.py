@@ -524,7 +524,7 @@ def test_report_only_rewrites_tables_from_existing_results(tmp_path):
 
 SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
-    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (12, {"stack", "simulation"}),
+    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (14, {"stack", "simulation"}),
     "dp-client-level": (3, {"simulation"}),
     "label-skew": (29, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),
@@ -547,8 +547,8 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_pbc_figures_chain_starts_from_the_same_seeds_runs():
-    """The centralized chain names its earlier stages by scenario, so another seed runs a chain of
-    its own instead of starting from seed 0's weights."""
+    """The centralized and federated chains name their earlier stages by scenario, so another seed
+    runs a chain of its own instead of starting from seed 0's weights."""
     c = ex.load_config(ROOT / "experiments" / "pbc-figures.yaml").model_copy(update={"seeds": [0, 1]})
     init = {(r.scenario, r.seed): r.settings.get("init_run") for r in ex.expand(c)}
     for seed in (0, 1):
@@ -556,6 +556,12 @@ def test_pbc_figures_chain_starts_from_the_same_seeds_runs():
         assert init[("central-deep-48-restart2", seed)] == f"pbc-figures-central-deep-48-restart-{seed}"
         assert init[("central-deep-64-fixres", seed)] == f"pbc-figures-central-deep-48-restart2-{seed}"
         assert init[("central-deep-48-e28", seed)] is None
+        # and the federated chain, stage by stage
+        fed = "pbc-figures-fedlc-m07-babu-deep"
+        assert init[("fedlc-m07-babu-deep-48", seed)] is None
+        assert init[("fedlc-m07-babu-deep-48-more", seed)] == f"{fed}-48-{seed}"
+        assert init[("fedlc-m07-babu-deep-48-restart", seed)] == f"{fed}-48-more-{seed}"
+        assert init[("fedlc-m07-babu-deep-64-fixres", seed)] == f"{fed}-48-restart-{seed}"
 
 
 def test_thesis_has_the_six_scenarios():
