@@ -524,7 +524,7 @@ def test_report_only_rewrites_tables_from_existing_results(tmp_path):
 
 SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
-    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (14, {"stack", "simulation"}),
+    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (15, {"stack", "simulation"}),
     "dp-client-level": (3, {"simulation"}),
     "label-skew": (29, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),
@@ -562,6 +562,7 @@ def test_pbc_figures_chain_starts_from_the_same_seeds_runs():
         assert init[("fedlc-m07-babu-deep-48-more", seed)] == f"{fed}-48-{seed}"
         assert init[("fedlc-m07-babu-deep-48-restart", seed)] == f"{fed}-48-more-{seed}"
         assert init[("fedlc-m07-babu-deep-64-fixres", seed)] == f"{fed}-48-restart-{seed}"
+        assert init[("fedlc-m07-babu-deep-64-fixres2", seed)] == f"{fed}-64-fixres-{seed}"
 
 
 def test_thesis_has_the_six_scenarios():
