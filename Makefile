@@ -35,6 +35,9 @@ CLASSIFIER_OPTIMIZER ?=
 CLASSIFIER_AUGMENT ?=
 # FREEZE_CLASSIFIER=true: FedBABU, the classifier layer stays at its initial weights until the classifier rounds
 FREEZE_CLASSIFIER ?= false
+# SWA_ROUNDS=K: server-side weight averaging, the global models of the last K rounds before the classifier
+# rounds are averaged into the model of the K-th (0 = off)
+SWA_ROUNDS     ?= 0
 SCHEDULE       ?= full
 RECYCLE_FRACTION ?= 0.6
 PARTICIPATION  ?= all
@@ -114,7 +117,7 @@ export CLIENTS SPLIT ROUNDS MODEL IMAGE_SIZE LOCAL_EPOCHS BATCH_SIZE LEARNING_RA
        AGGREGATOR_PORT RUN_ID HEMAFED_TAG DATA_MOUNTS RESULTS_DIR CLASS_WEIGHTING LOCAL_NORM \
        MAX_STEPS_PER_EPOCH SCHEDULE RECYCLE_FRACTION PARTICIPATION DEPARTED DP_CLIP_NORM DP_NOISE_MULTIPLIER DP_DELTA \
        CLASSIFIER_ROUNDS CLASSIFIER_LEARNING_RATE CLASSIFIER_EPOCHS CLASSIFIER_OPTIMIZER CLASSIFIER_AUGMENT \
-       FREEZE_CLASSIFIER
+       FREEZE_CLASSIFIER SWA_ROUNDS
 export HOSPITALS DATASET_LABEL CERTS_DIR
 export LOCAL_BASELINE BASELINE_RUN EPOCHS TTA BEST_BY LR_WARMUP_EPOCHS EMA_DECAY INIT_RUN
 export WAIT_FOR_CLIENTS ROUND_RETRIES ATTACK ATTACKER ATTACK_SCALE ATTACK_NOISE_STD
@@ -153,6 +156,7 @@ help: ## this help
 	@echo "  LOCAL_NORM=$(LOCAL_NORM) (FedBN) CLASS_WEIGHTING=$(CLASS_WEIGHTING) MAX_STEPS_PER_EPOCH=$(MAX_STEPS_PER_EPOCH) CLASSIFIER_ROUNDS=$(CLASSIFIER_ROUNDS)"
 	@echo "    classifier rounds' own: CLASSIFIER_LEARNING_RATE=$(CLASSIFIER_LEARNING_RATE) CLASSIFIER_EPOCHS=$(CLASSIFIER_EPOCHS) (0 = the run's) CLASSIFIER_OPTIMIZER=$(CLASSIFIER_OPTIMIZER) CLASSIFIER_AUGMENT=$(CLASSIFIER_AUGMENT) (empty = the run's)"
 	@echo "    FREEZE_CLASSIFIER=$(FREEZE_CLASSIFIER) (FedBABU: the classifier stays at its initial weights until the classifier rounds)"
+	@echo "    SWA_ROUNDS=$(SWA_ROUNDS) (server-side weight averaging of the last K global models before the classifier rounds; 0 = off)"
 	@echo "  LOCAL_BASELINE=$(LOCAL_BASELINE) (hospitals' local models vs federated) BASELINE_RUN=<central run id> EPOCHS=$(EPOCHS) (make central; 0 = ROUNDS x LOCAL_EPOCHS)"
 	@echo "  BEST_BY=$(BEST_BY) (the best round by the median of the hospitals' validation accuracies, or pooled: all their validation images together)"
 	@echo "  TTA=$(TTA) (test report over 8 dihedral views)  make central only: LR_WARMUP_EPOCHS=$(LR_WARMUP_EPOCHS) EMA_DECAY=$(EMA_DECAY) (weight moving average)"

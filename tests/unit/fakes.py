@@ -16,7 +16,7 @@ from hemafed_aggregator.clients import HospitalError
 from hemafed.reporting import MetricsReporter
 from hemafed_aggregator.server import FederatedServer
 from hemafed_aggregator.settings import RunConfig
-from hemafed_aggregator.strategies import build_strategy
+from hemafed_aggregator.strategies import ServerSWA, build_strategy
 from hemafed_aggregator.strategies.base import EvaluateRes, FitIns, FitRes
 from hemafed_metrics.app import create_app as metrics_app
 from hemafed_metrics.store import InMemoryStore
@@ -111,7 +111,9 @@ def make_server(tmp_path: Path, clients, *, store: InMemoryStore | None = None, 
     cfg = RunConfig(**{"run_id": "ck", "rounds": 5, "seed": 3, "min_clients": 2, "fraction_fit": 0.5,
                        "wait_for_clients": 1, "round_timeout": 30, "image_size": 16, **run})
     strat = build_strategy(strategy, fraction_fit=cfg.fraction_fit, min_fit_clients=cfg.min_clients,
-                           **(strategy_params or {}))
+                           **({"total_rounds": cfg.rounds} if cfg.swa_rounds else {}), **(strategy_params or {}))
+    if cfg.swa_rounds:  # server-side weight averaging over the run's last SWA_ROUNDS rounds
+        strat = ServerSWA(strat, rounds=cfg.swa_rounds)
     store = store if store is not None else InMemoryStore()
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=metrics_app(store=store)))
     return FederatedServer(run=cfg, strategy=strat, clients=clients,

@@ -44,11 +44,11 @@ def _rounds_without_timing(rounds):
     return out
 
 
-async def _interrupted_then_resumed(tmp_path, strategy, params, *, stop_in_round: int):
+async def _interrupted_then_resumed(tmp_path, strategy, params, *, stop_in_round: int, **run):
     """Run until the fit of ``stop_in_round`` starts, cancel the loop (a crash), start a new server."""
     store = InMemoryStore()
     hs = _hospitals(**{"hospital-2": {"hang_in_round": stop_in_round}})
-    first = make_server(tmp_path, hs, store=store, strategy=strategy, strategy_params=params)
+    first = make_server(tmp_path, hs, store=store, strategy=strategy, strategy_params=params, **run)
     task = asyncio.create_task(first.run())
     await asyncio.wait_for(hs[1].hanging.wait(), 30)
     task.cancel()
@@ -56,7 +56,7 @@ async def _interrupted_then_resumed(tmp_path, strategy, params, *, stop_in_round
         await task
     ck = checkpoint.load(tmp_path / "results" / "ck")
     assert ck is not None and ck.round == stop_in_round - 1
-    second = make_server(tmp_path, _hospitals(), store=store, strategy=strategy, strategy_params=params)
+    second = make_server(tmp_path, _hospitals(), store=store, strategy=strategy, strategy_params=params, **run)
     state = await second.run()
     return second, state, store
 
@@ -87,6 +87,34 @@ async def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_pa
     assert run.status.value == "finished" and run.rounds_completed == 5
     run_json = json.loads((tmp_path / "crash" / "results" / "ck" / "run.json").read_text())
     assert run_json["resumed_from"] == [2] and run_json["rounds_completed"] == 5
+
+
+async def test_a_run_resumed_inside_the_weight_averaging_window_ends_with_the_same_average(tmp_path):
+    """SWA_ROUNDS=4 over FedAvgM (window: rounds 2..5), crashed in round 3: the checkpoint of round 2
+    holds the sum of one model, and the resumed run's round-5 model (the average) is the clean run's."""
+    clean = make_server(tmp_path / "clean", _hospitals(), strategy="fedavgm", swa_rounds=4)
+    clean_state = await clean.run()
+    assert clean_state.status == "finished", clean_state.message
+    reports = [r["report"].get("swa") for r in clean_state.rounds]
+    assert reports == [None] + [{"window": [2, 5], "collected": k, "global_is_average": k == 4} for k in (1, 2, 3, 4)]
+    resumed, state, _ = await _interrupted_then_resumed(tmp_path / "crash", "fedavgm", {}, stop_in_round=3,
+                                                        swa_rounds=4)
+    assert state.status == "finished", state.message
+    assert state.resumed_from == [2]
+    for a, b in zip(resumed.weights, clean.weights):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert _rounds_without_timing(state.rounds) == _rounds_without_timing(clean_state.rounds)
+    # the final model is the mean of the FedAvgM models of rounds 2 to 5 (the final models of runs
+    # of 2, 3, 4 and 5 rounds without averaging: inside the window the hospitals train from them)
+    plain = []
+    for rounds in (2, 3, 4, 5):
+        server = make_server(tmp_path / f"plain-{rounds}", _hospitals(), strategy="fedavgm", rounds=rounds)
+        assert (await server.run()).status == "finished"
+        plain.append(server.weights)
+    for k, w in enumerate(clean.weights):
+        expected = sum(p[k].astype(np.float64) for p in plain) / 4
+        np.testing.assert_allclose(w, expected.astype(w.dtype), rtol=1e-6)
+        assert not np.allclose(w, plain[-1][k])
 
 
 async def test_the_server_rng_is_restored_so_client_selection_continues(tmp_path):

@@ -23,7 +23,7 @@ from hemafed_aggregator.inference import Predictor
 from hemafed_aggregator.routes import health, predict, rounds, status
 from hemafed_aggregator.server import FederatedServer
 from hemafed_aggregator.settings import AggregatorSettings, RunConfig
-from hemafed_aggregator.strategies import ClassifierRetraining, Strategy, build_strategy
+from hemafed_aggregator.strategies import ClassifierRetraining, ServerSWA, Strategy, build_strategy
 
 log = logging.getLogger("hemafed.aggregator")
 
@@ -38,10 +38,13 @@ def fit_config_of(run: RunConfig) -> FitConfig:
 
 
 def strategy_of(run: RunConfig) -> Strategy:
-    """The run's strategy with its parameters; wrapped for the last CLASSIFIER_ROUNDS rounds."""
+    """The run's strategy with its parameters; wrapped for server-side weight averaging over the
+    SWA_ROUNDS before the classifier rounds, and for the last CLASSIFIER_ROUNDS rounds."""
     strategy = build_strategy(run.strategy, fit_config=fit_config_of(run), fraction_fit=run.fraction_fit,
                               min_fit_clients=run.min_clients, lr_schedule=run.lr_schedule,
                               lr_min_fraction=run.lr_min_fraction, total_rounds=run.rounds, **run.strategy_params)
+    if run.swa_rounds:
+        strategy = ServerSWA(strategy, rounds=run.swa_rounds, last_round=run.rounds - run.classifier_rounds)
     if run.classifier_rounds:
         strategy = ClassifierRetraining(strategy, rounds=run.classifier_rounds,
                                         learning_rate=run.classifier_learning_rate or None,

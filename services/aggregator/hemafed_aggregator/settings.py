@@ -106,6 +106,10 @@ class RunConfig(BaseSettings):
     classifier_epochs: int = Field(0, ge=0, le=100)
     classifier_optimizer: Literal["", "adam", "sgd", "sgdm"] = ""
     classifier_augment: bool | None = None
+    #: server-side weight averaging (SWA; hemafed_aggregator.strategies.swa): the global models of the
+    #: last SWA_ROUNDS rounds that train the whole network (before any classifier rounds) are averaged
+    #: into the model of the window's last round (0 = off; else at least 2)
+    swa_rounds: int = Field(0, ge=0)
     #: start from the final weights of a finished run in OUTPUT_DIR (its RUN_ID; '' = fresh weights):
     #: same model and classes (any image size), refused otherwise. With it every round may be a
     #: classifier round (CLASSIFIER_ROUNDS = ROUNDS): the features come trained
@@ -160,6 +164,10 @@ class RunConfig(BaseSettings):
             raise ValueError(f"CLASSIFIER_ROUNDS ({n}) must be fewer than ROUNDS ({rounds}): they are the run's "
                              "last rounds, after the features have trained (all of them only with INIT_RUN, "
                              "from a trained model)")
+        body = rounds - n
+        if self.swa_rounds and not 2 <= self.swa_rounds <= body:
+            raise ValueError(f"SWA_ROUNDS ({self.swa_rounds}) must be 0 or from 2 to the {body} round(s) that train "
+                             "the whole network (ROUNDS - CLASSIFIER_ROUNDS)")
         own = {"CLASSIFIER_LEARNING_RATE": self.classifier_learning_rate > 0,
                "CLASSIFIER_EPOCHS": self.classifier_epochs > 0,
                "CLASSIFIER_OPTIMIZER": self.classifier_optimizer != "",

@@ -18,6 +18,7 @@ from hemafed_aggregator.strategies.fedyogi import FedYogi
 from hemafed_aggregator.strategies.krum import Krum, MultiKrum
 from hemafed_aggregator.strategies.median import CoordinateMedian
 from hemafed_aggregator.strategies.scaffold import Scaffold
+from hemafed_aggregator.strategies.swa import ServerSWA
 from hemafed_aggregator.strategies.trimmed_mean import TrimmedMean
 
 REGISTRY: dict[str, type[Strategy]] = {
@@ -69,6 +70,7 @@ __all__ = [
     "Krum",
     "MultiKrum",
     "Scaffold",
+    "ServerSWA",
     "Strategy",
     "TrimmedMean",
     "build_strategy",

@@ -1,0 +1,147 @@
+"""Server-side stochastic weight averaging: Izmailov et al., "Averaging Weights Leads to Wider
+Optima and Better Generalization", UAI 2018 (SWA), applied to the global model as in Caldarola
+et al., "Improving Generalization in Federated Learning by Seeking Flat Minima", ECCV 2022
+(FedAvg + SWA: the server averages the global models of the last rounds).
+
+Wraps the run's strategy. Every round is the wrapped strategy's, hook for hook; in addition the
+global models it returns in the window of rounds ``last - K + 1 .. last`` are summed (float64),
+and in round ``last`` the uniform mean of those K models is returned instead of the round's own
+model:
+
+    w_SWA = (1 / K) * sum_{r = last-K+1}^{last} w^r
+
+That mean is the model evaluated in round ``last`` (and so picked by global validation like any
+round's model), saved as the final model, and where the classifier rounds start when the run has
+some (``last`` is then the last round before them). Inside the window the hospitals keep training
+from the wrapped strategy's models, as SWA collects its average along the SGD trajectory without
+training from it. After round ``last`` the wrapped strategy's server state (momentum, FedDyn's h,
+SCAFFOLD's c) refers to a model that is no longer the global one; that is why the window ends the
+run's training of the whole network: only classifier rounds (their own example-weighted mean, no
+server state) or nothing follow it.
+
+Averaging models a differentially private strategy released is post-processing: the privacy
+spent is unchanged. Non-float tensors (none in HemaFed's models) are taken from round ``last``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hemafed.schemas import FitConfig
+from hemafed_aggregator.aggregation import check_same_structure
+from hemafed_aggregator.strategies.base import (
+    ClientRef,
+    EvaluateRes,
+    Failure,
+    FitIns,
+    FitRes,
+    Strategy,
+    Weights,
+)
+
+#: state_dict keys of this wrapper (the wrapped strategy's keys must not start with it)
+PREFIX = "swa_"
+
+
+def uniform_mean(total: Weights, count: int, like: Weights) -> Weights:
+    """``total / count`` (float64 sums) in the dtypes of ``like``; non-float tensors from ``like``."""
+    if count < 1:
+        raise ValueError("no models to average")
+    check_same_structure([total, like])
+    return [(t / count).astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w.copy()
+            for t, w in zip(total, like)]
+
+
+class ServerSWA(Strategy):
+    def __init__(self, base: Strategy, *, rounds: int, last_round: int | None = None) -> None:
+        last = base.total_rounds if last_round is None else last_round
+        if not 1 <= last <= base.total_rounds:
+            raise ValueError(f"the averaging window must end within the run's {base.total_rounds} rounds "
+                             f"(got round {last})")
+        if not 2 <= rounds <= last:
+            raise ValueError(f"weight averaging needs at least 2 and at most {last} rounds to average "
+                             f"(the rounds up to {last} that train the whole network; got {rounds})")
+        super().__init__(fit_config=base.fit_config, fraction_fit=base.fraction_fit,
+                         min_fit_clients=base.min_fit_clients, fraction_evaluate=base.fraction_evaluate,
+                         min_evaluate_clients=base.min_evaluate_clients, lr_schedule=base.lr_schedule,
+                         lr_min_fraction=base.lr_min_fraction, total_rounds=base.total_rounds)
+        self.base = base
+        self.name = base.name
+        self.swa_rounds = rounds
+        #: the window: rounds first .. last
+        self.last = last
+        self.first = last - rounds + 1
+        self.total: Weights = []
+        self.count = 0
+
+    def in_window(self, rnd: int) -> bool:
+        return self.first <= rnd <= self.last
+
+    # ------------------------------------------------------------------ hooks: the wrapped strategy's
+
+    def initialize(self, weights: Weights) -> Weights:
+        return self.base.initialize(weights)
+
+    def num_fit_clients(self, available: int) -> int:
+        return self.base.num_fit_clients(available)
+
+    def fit_config_for(self, rnd: int) -> FitConfig:
+        return self.base.fit_config_for(rnd)
+
+    def configure_train(self, rnd: int, weights: Weights, clients: list[ClientRef],
+                        rng: np.random.Generator) -> list[tuple[ClientRef, FitIns]]:
+        return self.base.configure_train(rnd, weights, clients, rng)
+
+    def aggregate_train(self, rnd: int, weights: Weights, results: list[FitRes], failures: list[Failure]) -> Weights:
+        new = self.base.aggregate_train(rnd, weights, results, failures)
+        if not self.in_window(rnd):
+            return new
+        if self.count == 0:
+            self.total = [np.asarray(w, dtype=np.float64).copy() for w in new]
+        else:
+            check_same_structure([self.total, new])
+            for t, w in zip(self.total, new):
+                t += w
+        self.count += 1
+        if rnd < self.last:
+            return new
+        return uniform_mean(self.total, self.count, new)
+
+    def configure_evaluate(self, rnd: int, weights: Weights, clients: list[ClientRef],
+                           rng: np.random.Generator) -> list[ClientRef]:
+        return self.base.configure_evaluate(rnd, weights, clients, rng)
+
+    def aggregate_evaluate(self, rnd: int, results: list[EvaluateRes]) -> dict[str, float | None]:
+        return self.base.aggregate_evaluate(rnd, results)
+
+    # ------------------------------------------------------------------ state (resume), reports
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.base.state_dict()
+        if any(k.startswith(PREFIX) for k in state):
+            raise TypeError(f"{self.base.name}'s state keys collide with the weight average's ({PREFIX}*)")
+        state[f"{PREFIX}count"] = self.count
+        if self.count:
+            state[f"{PREFIX}total"] = list(self.total)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        own = {k: v for k, v in state.items() if k.startswith(PREFIX)}
+        self.base.load_state_dict({k: v for k, v in state.items() if not k.startswith(PREFIX)})
+        self.count = int(own.get(f"{PREFIX}count", 0))
+        self.total = [np.asarray(t, dtype=np.float64).copy() for t in own.get(f"{PREFIX}total", [])]
+        if self.count and not self.total:
+            raise ValueError("weight-average state has a count but no sum")
+
+    def round_report(self, rnd: int) -> dict[str, Any]:
+        report = dict(self.base.round_report(rnd))
+        if self.in_window(rnd):
+            # models summed so far; in round `last` the global model is their mean
+            report["swa"] = {"window": [self.first, self.last], "collected": self.count,
+                             "global_is_average": rnd == self.last}
+        return report
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.base.describe(), "swa_rounds": self.swa_rounds, "swa_window": [self.first, self.last]}
