@@ -115,6 +115,11 @@ async def test_a_run_resumed_inside_the_weight_averaging_window_ends_with_the_sa
         expected = sum(p[k].astype(np.float64) for p in plain) / 4
         np.testing.assert_allclose(w, expected.astype(w.dtype), rtol=1e-6)
         assert not np.allclose(w, plain[-1][k])
+    # resumed with another window, the run fails and says why instead of averaging the wrong rounds
+    other = await make_server(tmp_path / "crash", _hospitals(), strategy="fedavgm", swa_rounds=3).run()
+    assert other.status == "failed"
+    assert other.message == ("the checkpoint averaged rounds 2..5, this run averages rounds 3..5: resume with the "
+                             "SWA_ROUNDS the run started with, or use a new RUN_ID")
 
 
 async def test_the_server_rng_is_restored_so_client_selection_continues(tmp_path):

@@ -81,9 +81,14 @@ def test_momentum_state_is_the_wrapped_strategys_and_resumes_mid_window() -> Non
     np.testing.assert_allclose(glob4[-1][0], [7.9375])
     # before the window opens there is no sum to keep
     fresh = make()
-    assert fresh.state_dict() == {**fresh.base.state_dict(), "swa_count": 0}
+    assert fresh.state_dict() == {**fresh.base.state_dict(), "swa_window": [3, 4], "swa_count": 0}
     with pytest.raises(ValueError, match="count but no sum"):
-        fresh.load_state_dict({**fresh.base.state_dict(), "swa_count": 2})
+        fresh.load_state_dict({**fresh.base.state_dict(), "swa_window": [3, 4], "swa_count": 2})
+    # a checkpoint of another window, or of a run without averaging, is not resumed into this one
+    with pytest.raises(ValueError, match=r"the checkpoint averaged rounds 2\.\.4, this run averages rounds 3\.\.4"):
+        fresh.load_state_dict({**fresh.base.state_dict(), "swa_window": [2, 4], "swa_count": 0})
+    with pytest.raises(ValueError, match="the checkpoint was written without SWA_ROUNDS, this run averages"):
+        fresh.load_state_dict(fresh.base.state_dict())
 
 
 def test_with_classifier_rounds_the_window_ends_before_them() -> None:

@@ -21,6 +21,9 @@ server state) or nothing follow it.
 
 Averaging models a differentially private strategy released is post-processing: the privacy
 spent is unchanged. Non-float tensors (none in HemaFed's models) are taken from round ``last``.
+BatchNorm moving statistics are averaged like every other tensor, where Izmailov et al. recompute
+them with a pass over the training data (which the server does not hold); HemaFed's own CNNs use
+GroupNorm, which keeps none.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ class ServerSWA(Strategy):
         state = self.base.state_dict()
         if any(k.startswith(PREFIX) for k in state):
             raise TypeError(f"{self.base.name}'s state keys collide with the weight average's ({PREFIX}*)")
+        state[f"{PREFIX}window"] = [self.first, self.last]
         state[f"{PREFIX}count"] = self.count
         if self.count:
             state[f"{PREFIX}total"] = list(self.total)
@@ -129,6 +133,11 @@ class ServerSWA(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         own = {k: v for k, v in state.items() if k.startswith(PREFIX)}
+        window = own.get(f"{PREFIX}window")
+        if window is None or list(window) != [self.first, self.last]:
+            was = f"averaged rounds {window[0]}..{window[1]}" if window else "was written without SWA_ROUNDS"
+            raise ValueError(f"the checkpoint {was}, this run averages rounds {self.first}..{self.last}: resume "
+                             "with the SWA_ROUNDS the run started with, or use a new RUN_ID")
         self.base.load_state_dict({k: v for k, v in state.items() if not k.startswith(PREFIX)})
         self.count = int(own.get(f"{PREFIX}count", 0))
         self.total = [np.asarray(t, dtype=np.float64).copy() for t in own.get(f"{PREFIX}total", [])]
