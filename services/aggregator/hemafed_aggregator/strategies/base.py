@@ -173,6 +173,55 @@ class Strategy(ABC):
         }
 
 
+class StrategyWrapper(Strategy):
+    """A strategy around another (classifier re-training rounds, server-side weight averaging):
+    the wrapped strategy's name and settings, and every hook the wrapped one's until a subclass
+    overrides it."""
+
+    def __init__(self, base: Strategy) -> None:
+        super().__init__(fit_config=base.fit_config, fraction_fit=base.fraction_fit,
+                         min_fit_clients=base.min_fit_clients, fraction_evaluate=base.fraction_evaluate,
+                         min_evaluate_clients=base.min_evaluate_clients, lr_schedule=base.lr_schedule,
+                         lr_min_fraction=base.lr_min_fraction, total_rounds=base.total_rounds)
+        self.base = base
+        self.name = base.name
+
+    def initialize(self, weights: Weights) -> Weights:
+        return self.base.initialize(weights)
+
+    def num_fit_clients(self, available: int) -> int:
+        return self.base.num_fit_clients(available)
+
+    def fit_config_for(self, rnd: int) -> FitConfig:
+        return self.base.fit_config_for(rnd)
+
+    def configure_train(self, rnd: int, weights: Weights, clients: list[ClientRef],
+                        rng: np.random.Generator) -> list[tuple[ClientRef, FitIns]]:
+        return self.base.configure_train(rnd, weights, clients, rng)
+
+    def aggregate_train(self, rnd: int, weights: Weights, results: list[FitRes], failures: list[Failure]) -> Weights:
+        return self.base.aggregate_train(rnd, weights, results, failures)
+
+    def configure_evaluate(self, rnd: int, weights: Weights, clients: list[ClientRef],
+                           rng: np.random.Generator) -> list[ClientRef]:
+        return self.base.configure_evaluate(rnd, weights, clients, rng)
+
+    def aggregate_evaluate(self, rnd: int, results: list[EvaluateRes]) -> dict[str, float | None]:
+        return self.base.aggregate_evaluate(rnd, results)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state)
+
+    def round_report(self, rnd: int) -> dict[str, Any]:
+        return self.base.round_report(rnd)
+
+    def describe(self) -> dict[str, Any]:
+        return self.base.describe()
+
+
 def sample_clients(clients: list[ClientRef], m: int, rng: np.random.Generator) -> list[ClientRef]:
     """m distinct clients uniformly at random, in a stable (id-sorted) order."""
     if m >= len(clients):

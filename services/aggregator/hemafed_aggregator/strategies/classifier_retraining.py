@@ -39,11 +39,11 @@ from hemafed.schemas import FitConfig
 from hemafed_aggregator.aggregation import weighted_average
 from hemafed_aggregator.strategies.base import (
     ClientRef,
-    EvaluateRes,
     Failure,
     FitIns,
     FitRes,
     Strategy,
+    StrategyWrapper,
     Weights,
 )
 
@@ -57,7 +57,7 @@ REFUSED = {
 }
 
 
-class ClassifierRetraining(Strategy):
+class ClassifierRetraining(StrategyWrapper):
     def __init__(self, base: Strategy, *, rounds: int, learning_rate: float | None = None,
                  local_epochs: int | None = None, optimizer: str | None = None, augment: bool | None = None,
                  trained_start: bool = False) -> None:
@@ -75,24 +75,13 @@ class ClassifierRetraining(Strategy):
         #: the classifier rounds' own FitConfig fields (validated as a FitConfig: a bad value fails here)
         self.own = {k: v for k, v in own.items() if v is not None}
         FitConfig.model_validate({**base.fit_config.model_dump(), **self.own})
-        super().__init__(fit_config=base.fit_config, fraction_fit=base.fraction_fit,
-                         min_fit_clients=base.min_fit_clients, fraction_evaluate=base.fraction_evaluate,
-                         min_evaluate_clients=base.min_evaluate_clients, lr_schedule=base.lr_schedule,
-                         lr_min_fraction=base.lr_min_fraction, total_rounds=base.total_rounds)
-        self.base = base
-        self.name = base.name
+        super().__init__(base)
         self.classifier_rounds = rounds
         #: the first classifier round
         self.first = base.total_rounds - rounds + 1
 
     def is_classifier_round(self, rnd: int) -> bool:
         return rnd >= self.first
-
-    def initialize(self, weights: Weights) -> Weights:
-        return self.base.initialize(weights)
-
-    def num_fit_clients(self, available: int) -> int:
-        return self.base.num_fit_clients(available)
 
     def fit_config_for(self, rnd: int) -> FitConfig:
         config = self.base.fit_config_for(rnd)
@@ -106,8 +95,8 @@ class ClassifierRetraining(Strategy):
                         rng: np.random.Generator) -> list[tuple[ClientRef, FitIns]]:
         if not self.is_classifier_round(rnd):
             return self.base.configure_train(rnd, weights, clients, rng)
-        # the default hook: the base's client count and this round's classifier-only config, no aux
-        return super().configure_train(rnd, weights, clients, rng)
+        # Strategy's default hook: the base's client count and this round's classifier-only config, no aux
+        return Strategy.configure_train(self, rnd, weights, clients, rng)
 
     def aggregate_train(self, rnd: int, weights: Weights, results: list[FitRes], failures: list[Failure]) -> Weights:
         if not self.is_classifier_round(rnd):
@@ -116,19 +105,6 @@ class ClassifierRetraining(Strategy):
         if not fresh:
             return weights
         return weighted_average([r.weights for r in fresh], [r.num_examples for r in fresh])
-
-    def configure_evaluate(self, rnd: int, weights: Weights, clients: list[ClientRef],
-                           rng: np.random.Generator) -> list[ClientRef]:
-        return self.base.configure_evaluate(rnd, weights, clients, rng)
-
-    def aggregate_evaluate(self, rnd: int, results: list[EvaluateRes]) -> dict[str, float | None]:
-        return self.base.aggregate_evaluate(rnd, results)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.base.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict(state)
 
     def round_report(self, rnd: int) -> dict[str, Any]:
         if self.is_classifier_round(rnd):

@@ -3,10 +3,10 @@ Optima and Better Generalization", UAI 2018 (SWA), applied to the global model a
 et al., "Improving Generalization in Federated Learning by Seeking Flat Minima", ECCV 2022
 (FedAvg + SWA: the server averages the global models of the last rounds).
 
-Wraps the run's strategy. Every round is the wrapped strategy's, hook for hook; in addition the
-global models it returns in the window of rounds ``last - K + 1 .. last`` are summed (float64),
-and in round ``last`` the uniform mean of those K models is returned instead of the round's own
-model:
+Wraps the run's strategy (:class:`StrategyWrapper`). Every round is the wrapped strategy's, hook
+for hook; in addition the global models it returns in the window of rounds ``last - K + 1 .. last``
+are summed (float64), and in round ``last`` the uniform mean of those K models is returned instead
+of the round's own model:
 
     w_SWA = (1 / K) * sum_{r = last-K+1}^{last} w^r
 
@@ -32,17 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from hemafed.schemas import FitConfig
 from hemafed_aggregator.aggregation import check_same_structure
-from hemafed_aggregator.strategies.base import (
-    ClientRef,
-    EvaluateRes,
-    Failure,
-    FitIns,
-    FitRes,
-    Strategy,
-    Weights,
-)
+from hemafed_aggregator.strategies.base import Failure, FitRes, Strategy, StrategyWrapper, Weights
 
 #: state_dict keys of this wrapper (the wrapped strategy's keys must not start with it)
 PREFIX = "swa_"
@@ -57,7 +48,7 @@ def uniform_mean(total: Weights, count: int, like: Weights) -> Weights:
             for t, w in zip(total, like)]
 
 
-class ServerSWA(Strategy):
+class ServerSWA(StrategyWrapper):
     def __init__(self, base: Strategy, *, rounds: int, last_round: int | None = None) -> None:
         last = base.total_rounds if last_round is None else last_round
         if not 1 <= last <= base.total_rounds:
@@ -66,12 +57,7 @@ class ServerSWA(Strategy):
         if not 2 <= rounds <= last:
             raise ValueError(f"weight averaging needs at least 2 and at most {last} rounds to average "
                              f"(the rounds up to {last} that train the whole network; got {rounds})")
-        super().__init__(fit_config=base.fit_config, fraction_fit=base.fraction_fit,
-                         min_fit_clients=base.min_fit_clients, fraction_evaluate=base.fraction_evaluate,
-                         min_evaluate_clients=base.min_evaluate_clients, lr_schedule=base.lr_schedule,
-                         lr_min_fraction=base.lr_min_fraction, total_rounds=base.total_rounds)
-        self.base = base
-        self.name = base.name
+        super().__init__(base)
         self.swa_rounds = rounds
         #: the window: rounds first .. last
         self.last = last
@@ -81,21 +67,6 @@ class ServerSWA(Strategy):
 
     def in_window(self, rnd: int) -> bool:
         return self.first <= rnd <= self.last
-
-    # ------------------------------------------------------------------ hooks: the wrapped strategy's
-
-    def initialize(self, weights: Weights) -> Weights:
-        return self.base.initialize(weights)
-
-    def num_fit_clients(self, available: int) -> int:
-        return self.base.num_fit_clients(available)
-
-    def fit_config_for(self, rnd: int) -> FitConfig:
-        return self.base.fit_config_for(rnd)
-
-    def configure_train(self, rnd: int, weights: Weights, clients: list[ClientRef],
-                        rng: np.random.Generator) -> list[tuple[ClientRef, FitIns]]:
-        return self.base.configure_train(rnd, weights, clients, rng)
 
     def aggregate_train(self, rnd: int, weights: Weights, results: list[FitRes], failures: list[Failure]) -> Weights:
         new = self.base.aggregate_train(rnd, weights, results, failures)
@@ -111,13 +82,6 @@ class ServerSWA(Strategy):
         if rnd < self.last:
             return new
         return uniform_mean(self.total, self.count, new)
-
-    def configure_evaluate(self, rnd: int, weights: Weights, clients: list[ClientRef],
-                           rng: np.random.Generator) -> list[ClientRef]:
-        return self.base.configure_evaluate(rnd, weights, clients, rng)
-
-    def aggregate_evaluate(self, rnd: int, results: list[EvaluateRes]) -> dict[str, float | None]:
-        return self.base.aggregate_evaluate(rnd, results)
 
     # ------------------------------------------------------------------ state (resume), reports
 
