@@ -524,7 +524,7 @@ def test_report_only_rewrites_tables_from_existing_results(tmp_path):
 
 SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
-    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (15, {"stack", "simulation"}),
+    "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (19, {"stack", "simulation"}),
     "dp-client-level": (3, {"simulation"}),
     "label-skew": (29, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),
@@ -563,6 +563,19 @@ def test_pbc_figures_chain_starts_from_the_same_seeds_runs():
         assert init[("fedlc-m07-babu-deep-48-restart", seed)] == f"{fed}-48-more-{seed}"
         assert init[("fedlc-m07-babu-deep-64-fixres", seed)] == f"{fed}-48-restart-{seed}"
         assert init[("fedlc-m07-babu-deep-64-fixres2", seed)] == f"{fed}-64-fixres-{seed}"
+        assert init[("fedlc-m07-babu-deep-64-fixres2-swa", seed)] == f"{fed}-64-fixres-{seed}"
+        assert init[("fedlc-m07-babu-deep-64-fixres2-swa-const", seed)] == f"{fed}-64-fixres-{seed}"
+        assert init[("fedlc-m07-babu-deep-64-crt20", seed)] == f"{fed}-64-fixres2-{seed}"
+        assert init[("fedlc-m07-babu-deep-64-swa-crt20", seed)] == f"{fed}-64-fixres2-swa-{seed}"
+    # the weight-averaging run is the second 64 px restart with SWA_ROUNDS and nothing else changed
+    by = {r.scenario: r.settings for r in ex.expand(c) if r.seed == 0}
+    swa = dict(by["fedlc-m07-babu-deep-64-fixres2-swa"])
+    assert swa.pop("swa_rounds") == 10 and swa == by["fedlc-m07-babu-deep-64-fixres2"]
+    # and with a constant rate instead of the cosine decay, nothing else changed
+    const = by["fedlc-m07-babu-deep-64-fixres2-swa-const"]
+    assert (const["lr_schedule"], swa["lr_schedule"]) == ("constant", "cosine")
+    assert ({k: v for k, v in const.items() if not k.startswith("lr_")}
+            == {k: v for k, v in by["fedlc-m07-babu-deep-64-fixres2-swa"].items() if not k.startswith("lr_")})
 
 
 def test_thesis_has_the_six_scenarios():
