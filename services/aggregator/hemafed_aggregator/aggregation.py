@@ -35,6 +35,16 @@ def unweighted_average(updates: Sequence[Weights]) -> Weights:
     return weighted_average(updates, [1.0] * len(updates))
 
 
+def uniform_mean(total: Weights, count: int, like: Weights) -> Weights:
+    """``total / count`` (float64 sums of ``count`` models) in the dtypes of ``like``; non-float
+    tensors from ``like`` (server-side weight averaging, strategies/swa.py)."""
+    if count < 1:
+        raise ValueError("no models to average")
+    check_same_structure([total, like])
+    return [(t / count).astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w.copy()
+            for t, w in zip(total, like)]
+
+
 def subtract(a: Weights, b: Weights) -> Weights:
     """a - b tensor by tensor (same structure required: no silent broadcasting or truncation)."""
     check_same_structure([a, b])

@@ -17,11 +17,11 @@ import pytest
 from pydantic import ValidationError
 
 from hemafed_aggregator import checkpoint
+from hemafed_aggregator.aggregation import uniform_mean
 from hemafed_aggregator.app import strategy_of
 from hemafed_aggregator.settings import RunConfig
 from hemafed_aggregator.strategies import ClassifierRetraining, FedAvgM, ServerSWA, build_strategy
 from hemafed_aggregator.strategies.base import EvaluateRes, FitRes
-from hemafed_aggregator.strategies.swa import uniform_mean
 from tests.unit.strategies.helpers import Client, arr
 
 CLIENTS = [Client("h1"), Client("h2")]

@@ -32,20 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from hemafed_aggregator.aggregation import check_same_structure
+from hemafed_aggregator.aggregation import add_scaled, uniform_mean, zeros_like
 from hemafed_aggregator.strategies.base import Failure, FitRes, Strategy, StrategyWrapper, Weights
 
 #: state_dict keys of this wrapper (the wrapped strategy's keys must not start with it)
 PREFIX = "swa_"
-
-
-def uniform_mean(total: Weights, count: int, like: Weights) -> Weights:
-    """``total / count`` (float64 sums) in the dtypes of ``like``; non-float tensors from ``like``."""
-    if count < 1:
-        raise ValueError("no models to average")
-    check_same_structure([total, like])
-    return [(t / count).astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w.copy()
-            for t, w in zip(total, like)]
 
 
 class ServerSWA(StrategyWrapper):
@@ -58,7 +49,6 @@ class ServerSWA(StrategyWrapper):
             raise ValueError(f"weight averaging needs at least 2 and at most {last} rounds to average "
                              f"(the rounds up to {last} that train the whole network; got {rounds})")
         super().__init__(base)
-        self.swa_rounds = rounds
         #: the window: rounds first .. last
         self.last = last
         self.first = last - rounds + 1
@@ -72,12 +62,7 @@ class ServerSWA(StrategyWrapper):
         new = self.base.aggregate_train(rnd, weights, results, failures)
         if not self.in_window(rnd):
             return new
-        if self.count == 0:
-            self.total = [np.asarray(w, dtype=np.float64).copy() for w in new]
-        else:
-            check_same_structure([self.total, new])
-            for t, w in zip(self.total, new):
-                t += w
+        self.total = add_scaled(self.total if self.count else zeros_like(new), new, 1.0)  # float64 sums
         self.count += 1
         if rnd < self.last:
             return new
@@ -117,4 +102,5 @@ class ServerSWA(StrategyWrapper):
         return report
 
     def describe(self) -> dict[str, Any]:
-        return {**self.base.describe(), "swa_rounds": self.swa_rounds, "swa_window": [self.first, self.last]}
+        return {**self.base.describe(), "swa_rounds": self.last - self.first + 1,
+                "swa_window": [self.first, self.last]}
