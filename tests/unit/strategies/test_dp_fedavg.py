@@ -82,6 +82,19 @@ def test_noise_is_seeded_and_resumable() -> None:
     assert not np.array_equal(first, second)
 
 
+def test_unseeded_noise_comes_from_fresh_entropy() -> None:
+    """Without noise_seed two runs must not share their noise: noise from a known seed (the old
+    default 0) can be regenerated and subtracted from the released model."""
+    w, r = [np.zeros(1000)], [FitRes("a", [np.zeros(1000)], 1)]
+    a, b = DPFedAvg(noise_multiplier=1.0), build_strategy("dp_fedavg", noise_multiplier=1.0)
+    assert a.noise_seed is None and a.describe()["noise_seed"] is None
+    first, other = a.aggregate_train(1, w, r, [])[0], b.aggregate_train(1, w, r, [])[0]
+    assert np.std(first) > 0.5 and not np.allclose(first, other)
+    seeded = DPFedAvg(noise_multiplier=1.0, noise_seed=0).aggregate_train(1, w, r, [])[0]
+    assert not np.allclose(first, seeded)
+    np.testing.assert_array_equal(seeded, DPFedAvg(noise_multiplier=1.0, noise_seed=0).aggregate_train(1, w, r, [])[0])
+
+
 def test_float32_kept_and_edges() -> None:
     s = DPFedAvg()
     out = s.aggregate_train(1, [np.zeros(3, np.float32)], [FitRes("a", [np.ones(3, np.float32)], 1)], [])

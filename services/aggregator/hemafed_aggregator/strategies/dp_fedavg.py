@@ -22,13 +22,21 @@ sampling probability ``q`` and noise multiplier ``z``, RDP-accounted with ``dp_a
 Poisson; accounting it as Poisson with the same ``q`` is the usual approximation (as TFF's
 tutorials do). The guarantee needs a trusted server: it sees the unclipped models.
 
-Noise comes from ``numpy.random.default_rng(noise_seed)``; its state is in :meth:`state_dict`
-so a resumed run draws the same noise.
+Noise comes from ``numpy.random.default_rng(noise_seed)``. Without ``noise_seed`` (the default)
+the generator is seeded from the operating system's entropy (:func:`secrets.randbits`, 128 bits):
+noise drawn from a known seed can be regenerated and subtracted by anyone who knows the seed, which
+voids the guarantee, so a fixed seed is for reproducible experiments only. The generator's state is
+in :meth:`state_dict` (the aggregator's checkpoint) so a resumed run draws the noise it would have
+drawn. Caveats: numpy's PCG64 is not a cryptographically secure generator (as in TFF's and
+Opacus' default, non-"secure" modes); and the hospitals sampled each round are drawn by the
+server's run-seeded generator, so with ``fraction_fit < 1`` the amplification by sampling that the
+accounting credits assumes that draw is kept from the adversary.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from typing import Any
 
 import numpy as np
@@ -50,7 +58,7 @@ class DPFedAvg(Strategy):
         num_clients: int | None = None,
         delta: float = 1e-5,
         server_lr: float = 1.0,
-        noise_seed: int | None = 0,
+        noise_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -73,7 +81,7 @@ class DPFedAvg(Strategy):
         self.delta = delta
         self.server_lr = server_lr
         self.noise_seed = noise_seed
-        self.rng = np.random.default_rng(noise_seed)
+        self.rng = np.random.default_rng(secrets.randbits(128) if noise_seed is None else noise_seed)
         self.last_selected: int | None = None
         #: L2 norms of the last round's updates before clipping, by hospital (for monitoring)
         self.last_norms: dict[str, float] = {}
