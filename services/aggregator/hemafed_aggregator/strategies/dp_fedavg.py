@@ -27,8 +27,8 @@ the generator is seeded from the operating system's entropy (:func:`secrets.rand
 noise drawn from a known seed can be regenerated and subtracted by anyone who knows the seed, which
 voids the guarantee, so a fixed seed is for reproducible experiments only. The generator's state is
 in :meth:`state_dict` (the aggregator's checkpoint) so a resumed run draws the noise it would have
-drawn. Caveats: numpy's PCG64 is not a cryptographically secure generator (as in TFF's and
-Opacus' default, non-"secure" modes); and the hospitals sampled each round are drawn by the
+drawn. Caveats: numpy's PCG64 is not a cryptographically secure generator (nor is the
+generator of Opacus' default, non-secure mode); and the hospitals sampled each round are drawn by the
 server's run-seeded generator, so with ``fraction_fit < 1`` the amplification by sampling that the
 accounting credits assumes that draw is kept from the adversary.
 """
