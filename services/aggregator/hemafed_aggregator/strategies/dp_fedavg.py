@@ -23,7 +23,7 @@ Poisson; accounting it as Poisson with the same ``q`` is the usual approximation
 tutorials do). The guarantee needs a trusted server: it sees the unclipped models.
 
 Noise comes from ``numpy.random.default_rng(noise_seed)``. Without ``noise_seed`` (the default)
-the generator is seeded from the operating system's entropy (:func:`secrets.randbits`, 128 bits):
+numpy seeds the generator from the operating system's entropy (``SeedSequence``, 128 bits):
 noise drawn from a known seed can be regenerated and subtracted by anyone who knows the seed, which
 voids the guarantee, so a fixed seed is for reproducible experiments only. The generator's state is
 in :meth:`state_dict` (the aggregator's checkpoint) so a resumed run draws the noise it would have
@@ -36,7 +36,6 @@ accounting credits assumes that draw is kept from the adversary.
 from __future__ import annotations
 
 import math
-import secrets
 from typing import Any
 
 import numpy as np
@@ -81,7 +80,7 @@ class DPFedAvg(Strategy):
         self.delta = delta
         self.server_lr = server_lr
         self.noise_seed = noise_seed
-        self.rng = np.random.default_rng(secrets.randbits(128) if noise_seed is None else noise_seed)
+        self.rng = np.random.default_rng(noise_seed)  # None: fresh OS entropy
         self.last_selected: int | None = None
         #: L2 norms of the last round's updates before clipping, by hospital (for monitoring)
         self.last_norms: dict[str, float] = {}
