@@ -54,6 +54,29 @@ def test_clip_is_on_the_update_across_tensors_with_server_lr() -> None:
     np.testing.assert_allclose(out[1], [1.8])
 
 
+def test_server_momentum_on_the_clipped_average() -> None:
+    """v <- beta v + Delta, x <- x + eta v (FedAvgM's server step on the released average)."""
+    s = DPFedAvg(noise_multiplier=0.0, clip_norm=1.0, server_momentum=0.5, server_lr=2.0)
+    # round 1: Delta = [0.45, 0.6] (test_clipped_mean_without_noise); v = Delta; x = 2 v = [0.9, 1.2]
+    x1 = s.aggregate_train(1, [arr(0, 0)], two(), [])
+    np.testing.assert_allclose(x1[0], [0.9, 1.2])
+    # round 2 from x1: one hospital moves by [0.3, 0.4] (norm 0.5, kept); D = 1 -> Delta = [0.3, 0.4]
+    # v = 0.5 [0.45, 0.6] + [0.3, 0.4] = [0.525, 0.7]; x = x1 + 2 v = [1.95, 2.6]
+    saved = s.state_dict()
+    x2 = s.aggregate_train(2, x1, [FitRes("b", [x1[0] + arr(0.3, 0.4)], 1)], [])
+    np.testing.assert_allclose(x2[0], [1.95, 2.6])
+    np.testing.assert_allclose(s.velocity[0], [0.525, 0.7])
+    # the momentum buffer is part of the checkpointed state
+    resumed = DPFedAvg(noise_multiplier=0.0, clip_norm=1.0, server_momentum=0.5, server_lr=2.0)
+    resumed.load_state_dict(saved)
+    np.testing.assert_allclose(resumed.aggregate_train(2, x1, [FitRes("b", [x1[0] + arr(0.3, 0.4)], 1)], [])[0], x2[0])
+    assert s.describe()["server_momentum"] == 0.5
+    # beta = 0 (the default) keeps no buffer: plain DP-FedAvg
+    plain = DPFedAvg(noise_multiplier=0.0, clip_norm=1.0)
+    plain.aggregate_train(1, [arr(0, 0)], two(), [])
+    assert plain.velocity is None and plain.state_dict()["velocity"] is None
+
+
 # --------------------------------------------------------------------------- noise
 
 
@@ -102,7 +125,8 @@ def test_float32_kept_and_edges() -> None:
     w = [arr(1)]
     assert s.aggregate_train(1, w, [], []) is w
     for bad in ({"noise_multiplier": -1}, {"clip_norm": 0}, {"delta": 0}, {"delta": 1},
-                {"expected_clients_per_round": 0}, {"num_clients": 0}, {"server_lr": 0}):
+                {"expected_clients_per_round": 0}, {"num_clients": 0}, {"server_lr": 0},
+                {"server_momentum": -0.1}, {"server_momentum": 1.0}):
         with pytest.raises(ValueError):
             DPFedAvg(**bad)
 

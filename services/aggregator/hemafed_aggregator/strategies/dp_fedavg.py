@@ -5,9 +5,14 @@ Client-level differential privacy, server side. Per round, with ``x`` the global
 
     Delta_k  = pi(w_k - x, S) = (w_k - x) * min(1, S / ||w_k - x||)       (clip, L2 over all tensors)
     Delta    = (sum_k Delta_k + N(0, (z S)^2 I)) / D                      (fixed denominator D)
-    x       <- x + eta Delta
+    v       <- beta v + Delta                                             (server momentum, beta >= 0)
+    x       <- x + eta v
 
-i.e. noise of std ``z S / D`` per coordinate on the average. Every hospital counts the same
+i.e. noise of std ``z S / D`` per coordinate on the average. ``server_momentum`` beta (default 0:
+plain DP-FedAvg, ``v = Delta``) is the server optimizer of FedAvgM (Hsu et al. 2019) applied to
+the noised average, as McMahan et al. 2018 (Section 3, momentum 0.9 at the server) and TFF's DP
+aggregator composed with a server optimizer do; it is post-processing of the released average,
+so it costs no privacy. Every hospital counts the same
 (TFF's fixed-clip aggregator; McMahan et al.'s ``w_k`` capped at 1). ``D`` is
 ``expected_clients_per_round`` when given, else ``num_fit_clients(num_clients)`` when
 ``num_clients`` is given, else the number of hospitals selected by the last ``configure_train``
@@ -41,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from hemafed.privacy import rdp_epsilon
-from hemafed_aggregator.aggregation import check_same_structure, clip_by_global_norm, subtract
+from hemafed_aggregator.aggregation import check_same_structure, clip_by_global_norm, copy_weights, subtract
 from hemafed_aggregator.strategies.base import ClientRef, Failure, FitIns, FitRes, Strategy, Weights
 
 
@@ -57,6 +62,7 @@ class DPFedAvg(Strategy):
         num_clients: int | None = None,
         delta: float = 1e-5,
         server_lr: float = 1.0,
+        server_momentum: float = 0.0,
         noise_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -73,12 +79,17 @@ class DPFedAvg(Strategy):
             raise ValueError("delta must be in (0, 1)")
         if server_lr <= 0:
             raise ValueError("server_lr must be positive")
+        if not 0.0 <= server_momentum < 1.0:
+            raise ValueError("server_momentum must be in [0, 1)")
         self.noise_multiplier = float(noise_multiplier)
         self.clip_norm = float(clip_norm)
         self.expected_clients_per_round = expected_clients_per_round
         self.num_clients = num_clients
         self.delta = delta
         self.server_lr = server_lr
+        self.server_momentum = float(server_momentum)
+        #: the server's momentum buffer (float64), None until the first aggregated round
+        self.velocity: list[np.ndarray] | None = None
         self.noise_seed = noise_seed
         self.rng = np.random.default_rng(noise_seed)  # None: fresh OS entropy
         self.last_selected: int | None = None
@@ -130,6 +141,11 @@ class DPFedAvg(Strategy):
         d = self.denominator(len(results))
         sigma = self.noise_multiplier * self.clip_norm
         noised = [(t + self.rng.normal(0.0, sigma, size=t.shape)) / d if sigma > 0 else t / d for t in total]
+        if self.server_momentum > 0:
+            if self.velocity is None:
+                self.velocity = [np.zeros_like(u) for u in noised]
+            self.velocity = [self.server_momentum * v + u for v, u in zip(self.velocity, noised)]
+            noised = self.velocity
         return [(np.asarray(w, dtype=np.float64) + self.server_lr * u).astype(w.dtype) for w, u in zip(weights, noised)]
 
     # ------------------------------------------------------------------ privacy
@@ -146,13 +162,19 @@ class DPFedAvg(Strategy):
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "last_selected": self.last_selected}
+        return {
+            "rng": self.rng.bit_generator.state,
+            "last_selected": self.last_selected,
+            "velocity": None if self.velocity is None else copy_weights(self.velocity),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "rng" in state:
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = state["rng"]
         self.last_selected = state.get("last_selected")
+        velocity = state.get("velocity")
+        self.velocity = None if velocity is None else [np.array(v, dtype=np.float64) for v in velocity]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -163,6 +185,7 @@ class DPFedAvg(Strategy):
             "num_clients": self.num_clients,
             "delta": self.delta,
             "server_lr": self.server_lr,
+            "server_momentum": self.server_momentum,
             "noise_seed": self.noise_seed,
             "sampling_probability": self.sampling_probability,
         }
