@@ -525,7 +525,7 @@ def test_report_only_rewrites_tables_from_existing_results(tmp_path):
 SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
     "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (19, {"stack", "simulation"}),
-    "dp-client-level": (3, {"simulation"}), "dp-many-hospitals": (2, {"simulation"}),
+    "dp-client-level": (3, {"simulation"}), "dp-many-hospitals": (3, {"simulation"}),
     "label-skew": (29, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),
 }
