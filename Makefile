@@ -59,6 +59,9 @@ TTA            ?= false
 # BEST_BY: the global validation figure that picks the best round: median (of the hospitals' accuracies)
 # or pooled (all hospitals' validation images together, as a centralized run picks its epoch)
 BEST_BY        ?= median
+# VAL_SPLIT: how each hospital holds out its validation images: stratified (per class, at least one of
+# every class it holds twice) or random (drawn uniformly; for sites of a few dozen images)
+VAL_SPLIT      ?= stratified
 LR_WARMUP_EPOCHS ?= 0
 EMA_DECAY      ?= 0
 INIT_RUN       ?=
@@ -119,7 +122,7 @@ export CLIENTS SPLIT ROUNDS MODEL IMAGE_SIZE LOCAL_EPOCHS BATCH_SIZE LEARNING_RA
        CLASSIFIER_ROUNDS CLASSIFIER_LEARNING_RATE CLASSIFIER_EPOCHS CLASSIFIER_OPTIMIZER CLASSIFIER_AUGMENT \
        FREEZE_CLASSIFIER SWA_ROUNDS
 export HOSPITALS DATASET_LABEL CERTS_DIR
-export LOCAL_BASELINE BASELINE_RUN EPOCHS TTA BEST_BY LR_WARMUP_EPOCHS EMA_DECAY INIT_RUN
+export LOCAL_BASELINE BASELINE_RUN EPOCHS TTA BEST_BY VAL_SPLIT LR_WARMUP_EPOCHS EMA_DECAY INIT_RUN
 export WAIT_FOR_CLIENTS ROUND_RETRIES ATTACK ATTACKER ATTACK_SCALE ATTACK_NOISE_STD
 export HEMAFED_SCHEME = $(if $(filter off,$(TLS)),http,https)
 export INSECURE = $(if $(filter off,$(TLS)),true,false)

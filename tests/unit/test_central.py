@@ -38,13 +38,15 @@ def test_hospital_folders_in_numeric_order(mounts):
     assert hospital_dirs(mounts / "test") == []
 
 
-def test_pooling_uses_exactly_the_hospitals_own_splits(mounts):
+@pytest.mark.parametrize("val_split", ["stratified", "random"])
+def test_pooling_uses_exactly_the_hospitals_own_splits(mounts, val_split):
     dirs = hospital_dirs(mounts)
-    pooled = pool_hospitals(dirs, SIZE, val_fraction=0.25, split_seed=3)
+    pooled = pool_hospitals(dirs, SIZE, val_fraction=0.25, split_seed=3, val_split=val_split)
     assert len(pooled.classes) == 8 and pooled.classes == sorted(pooled.classes)
     n_train = n_val = 0
     for d in dirs:
-        agent = HospitalAgent(HospitalSettings(hospital_id=d.name, data_dir=d, val_fraction=0.25, split_seed=3))
+        agent = HospitalAgent(HospitalSettings(hospital_id=d.name, data_dir=d, val_fraction=0.25, split_seed=3,
+                                               val_split=val_split))
         summary = agent.summary(SIZE)
         info = pooled.hospitals[d.name]
         assert (info["num_train"], info["num_val"]) == (summary.num_train, summary.num_val)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hemafed.data.loader import LoadedImages, load_image_folder, stratified_split
+from hemafed.data.loader import LoadedImages, load_image_folder, random_split, stratified_split, validation_split
 from hemafed.data.testing import make_image_folder, solid_image, write_corrupt_jpeg, write_truncated_jpeg
 
 PBC_RAW_SAMPLE = Path("/work/shared/data/pbc-raw-sample")
@@ -120,6 +120,39 @@ def test_stratified_split_edge_cases() -> None:
     assert len(val) == 2 and len(train) == 1  # never the last image of a class
     with pytest.raises(ValueError):
         stratified_split([0, 1], 1.0, seed=0)
+
+
+def test_random_split_holds_out_the_rounded_share_ignoring_classes() -> None:
+    # a 12-image site with 8 classes: the per-class rule keeps 4 of 12 (one of each class held
+    # twice) and never the 4 classes held once; drawn uniformly: round(12 x 0.15) = 2 images
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 7])
+    assert len(stratified_split(labels, 0.15, seed=0)[1]) == 4
+    train, val = random_split(labels, 0.15, seed=0)
+    assert len(val) == 2 and len(train) == 10 and train.dtype == val.dtype == np.int64
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(12))
+    again = random_split(labels, 0.15, seed=0)
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
+    # over seeds every image, of every class, is sometimes held out
+    held = np.zeros(12, bool)
+    for seed in range(200):
+        held[random_split(labels, 0.15, seed=seed)[1]] = True
+    assert held.all()
+    # at least one image when n >= 2, never the last; none from a single image or at fraction 0
+    assert [len(random_split(np.zeros(n, int), 0.01, seed=0)[1]) for n in (1, 2, 3, 100)] == [0, 1, 1, 1]
+    assert len(random_split(np.zeros(3, int), 0.9, seed=0)[0]) == 1
+    assert len(random_split(np.zeros(5, int), 0.0, seed=0)[1]) == 0
+    with pytest.raises(ValueError):
+        random_split([0, 1], 1.0, seed=0)
+
+
+def test_validation_split_dispatches_by_method() -> None:
+    labels = np.array([0] * 50 + [1] * 10 + [2] * 2 + [3] * 1)
+    for method, split in (("stratified", stratified_split), ("random", random_split)):
+        got, want = validation_split(labels, 0.2, 3, method), split(labels, 0.2, seed=3)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert np.array_equal(validation_split(labels, 0.2, 3)[1], stratified_split(labels, 0.2, seed=3)[1])
+    with pytest.raises(ValueError, match="unknown validation split 'by_site'; choose one of stratified, random"):
+        validation_split(labels, 0.2, 3, "by_site")
 
 
 # --------------------------------------------------------------------------- optional real data

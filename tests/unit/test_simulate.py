@@ -105,6 +105,20 @@ def test_prepare_data_from_existing_mounts_and_its_errors(data5, tmp_path):
         sim.prepare_data(sim.DataOptions(clients=2, dataset=str(tmp_path / "nope"), work_dir=tmp_path))
 
 
+@pytest.mark.parametrize("val_split", ["stratified", "random"])
+def test_hospitals_hold_out_validation_by_the_chosen_method(data5, val_split):
+    from hemafed.data.loader import load_image_folder, validation_split
+
+    data, _ = data5
+    apps, _ = sim.build_apps(data, val_fraction=0.25, split_seed=4, metrics=False, val_split=val_split)
+    for h in data.hospitals:
+        agent = apps[h].state.agent
+        assert agent.settings.val_split == val_split and agent.settings.val_fraction == 0.25
+        labels = load_image_folder(data.root / h, 16).labels
+        _, val_idx = validation_split(labels, 0.25, 4, val_split)
+        assert agent.summary(16).num_val == len(val_idx)
+
+
 def test_dataset_labels_match_the_makefile():
     assert sim._dataset_label("synthetic") == "synthetic"
     assert sim._dataset_label("../shared/data/pbc-128") == "pbc-128"
@@ -328,6 +342,7 @@ def test_cli_a_failed_run_exits_1(data5, tmp_path, capsys):
     (["--clients", "x"], "argument --clients: invalid int value: 'x'"),
     (["--rundz", "3"], "unrecognized arguments: --rundz 3"),
     (["--rounds", "1"], "--clients is required"),
+    (["--clients", "3", "--val-split", "by_site"], "argument --val-split: invalid choice: 'by_site'"),
 ])
 def test_cli_bad_options_exit_2_with_the_reason(argv, needle, capsys, tmp_path):
     assert sim.main([*argv, "--work-dir", str(tmp_path)]) == 2

@@ -239,7 +239,7 @@ def pooled_agent_class():
 
 
 def build_apps(data: PreparedData, *, val_fraction: float, split_seed: int, metrics: bool,
-               pool: TrainerPool | None = None) -> tuple[dict, Any]:
+               pool: TrainerPool | None = None, val_split: str = "stratified") -> tuple[dict, Any]:
     """The hospital apps (and an in-process metrics service with an in-memory store)."""
     try:
         from hemafed_hospital.app import create_app as hospital_app
@@ -251,7 +251,8 @@ def build_apps(data: PreparedData, *, val_fraction: float, split_seed: int, metr
     apps: dict[str, Any] = {}
     for hid in data.hospitals:
         settings = from_values(HospitalSettings, {"hospital_id": hid, "data_dir": data.root / hid,
-                                                  "val_fraction": val_fraction, "split_seed": split_seed})
+                                                  "val_fraction": val_fraction, "val_split": val_split,
+                                                  "split_seed": split_seed})
         agent = agent_cls(settings, pool) if agent_cls is not None else None
         apps[hid] = hospital_app(settings, agent=agent, report_resources=False)
     store = None
@@ -265,14 +266,15 @@ def build_apps(data: PreparedData, *, val_fraction: float, split_seed: int, metr
 
 
 async def simulate(run: RunConfig, data: PreparedData, *, results_dir: Path, concurrency: int,
-                   val_fraction: float = 0.15, metrics_url: str | None = None, shared_models: bool = True):
+                   val_fraction: float = 0.15, metrics_url: str | None = None, shared_models: bool = True,
+                   val_split: str = "stratified"):
     """One federated run with every hospital in this process; returns the server's final state.
     ``shared_models``: hospitals borrow models from a :class:`TrainerPool` (ignored with local_norm)."""
     from hemafed_aggregator.app import build_server
 
     pool = TrainerPool() if shared_models and not run.local_norm else None
     apps, store = build_apps(data, val_fraction=val_fraction, split_seed=run.seed,
-                             metrics=metrics_url is None, pool=pool)
+                             metrics=metrics_url is None, pool=pool, val_split=val_split)
     transport = RoutingTransport(apps, max_concurrent=concurrency, limited=data.hospitals)
     settings = from_values(AggregatorSettings, {
         "hospitals": {h: f"http://{h}" for h in data.hospitals},
@@ -361,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--synthetic-size", type=int, default=64)
     sim.add_argument("--val-fraction", type=float, default=0.15,
                      help="each hospital's local validation share")
+    sim.add_argument("--val-split", choices=("stratified", "random"), default="stratified",
+                     help="how each hospital holds it out: per class (default) or drawn uniformly (tiny sites)")
     sim.add_argument("--work-dir", type=Path, default=Path("build/simulate"), help="where splits are cached")
     sim.add_argument("--results-dir", type=Path, default=Path("results"))
     sim.add_argument("--concurrency", type=int, default=max(1, os.cpu_count() or 1),
@@ -439,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state = asyncio.run(simulate(run, data, results_dir=args.results_dir, concurrency=args.concurrency,
                                      val_fraction=args.val_fraction, metrics_url=args.metrics_url,
-                                     shared_models=args.shared_models))
+                                     shared_models=args.shared_models, val_split=args.val_split))
     except ValueError as exc:  # build_server refuses the configuration (e.g. an unknown strategy)
         print(f"simulate: error: {exc}", file=sys.stderr)
         return 2

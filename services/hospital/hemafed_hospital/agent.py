@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from pydantic import ValidationError
 
-from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
+from hemafed.data.loader import load_image_folder, remap_labels, validation_split
 from hemafed.data.schedule import round_indices
 from hemafed.exchange import ACCEPTS_KEY, HELD_KEY, UNCHANGED_KEY, ExchangeError, MissingTensors, ModelExchange
 from hemafed.exchange import check_weights, omit_unchanged, request_digest, resolve_held, spec_of, tensor_digest
@@ -154,7 +154,8 @@ class HospitalAgent:
         loaded = load_image_folder(self.settings.data_dir, image_size)
         if len(loaded.labels) == 0:
             raise AgentError(503, "no readable images in the data directory")
-        train_idx, val_idx = stratified_split(loaded.labels, self.settings.val_fraction, self.settings.split_seed)
+        train_idx, val_idx = validation_split(loaded.labels, self.settings.val_fraction, self.settings.split_seed,
+                                              self.settings.val_split)
         counts = np.bincount(loaded.labels, minlength=len(loaded.classes))
         log.info("loaded %d images (%d skipped) at %d px", len(loaded.labels), loaded.skipped, image_size)
         return LocalData(

@@ -44,14 +44,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from hemafed.data.loader import load_image_folder, remap_labels, stratified_split
+from hemafed.data.loader import load_image_folder, remap_labels, validation_split
 from hemafed.lr import LrSchedule, learning_rate_at, warmup_rates
 from hemafed.reporting import MetricsReporter
 from hemafed.schemas import (
@@ -116,8 +116,9 @@ class CentralSettings(ServiceSettings):
     augment: bool = True
     class_weighting: bool = False
     max_steps_per_epoch: int = Field(0, ge=0)
-    #: the hospitals' local validation split (HospitalSettings.val_fraction / split_seed)
+    #: the hospitals' local validation split (HospitalSettings.val_fraction / val_split / split_seed)
     val_fraction: float = Field(0.15, gt=0.0, lt=0.9)
+    val_split: Literal["stratified", "random"] = "stratified"
     split_seed: int = 0
     split: str = ""
     dataset: str = ""
@@ -159,7 +160,7 @@ def hospital_dirs(root: Path, pattern: str = "hospital-*") -> list[Path]:
 
 
 def pool_hospitals(dirs: list[Path], image_size: int, *, val_fraction: float, split_seed: int,
-                   classes: list[str] | None = None) -> PooledData:
+                   classes: list[str] | None = None, val_split: str = "stratified") -> PooledData:
     """Each folder split exactly as its hospital agent splits it, then pooled; labels in the
     federation's class list (``classes``, else the sorted union of the classes held)."""
     if not dirs:
@@ -167,7 +168,7 @@ def pool_hospitals(dirs: list[Path], image_size: int, *, val_fraction: float, sp
     parts = []
     for d in dirs:
         loaded = load_image_folder(d, image_size)
-        train_idx, val_idx = stratified_split(loaded.labels, val_fraction, split_seed)  # as HospitalAgent._load
+        train_idx, val_idx = validation_split(loaded.labels, val_fraction, split_seed, val_split)  # as HospitalAgent._load
         parts.append((d, loaded, train_idx, val_idx))
     if not classes:
         classes = sorted({c for _, ld, _, _ in parts for c, n in ld.class_counts().items() if n > 0})
@@ -238,7 +239,8 @@ class CentralRun:
         if not s.test_path.is_dir():
             raise CentralError(f"no test set at {s.test_path}")
         data = await asyncio.to_thread(pool_hospitals, dirs, s.image_size, val_fraction=s.val_fraction,
-                                       split_seed=s.split_seed, classes=s.classes or None)
+                                       split_seed=s.split_seed, classes=s.classes or None,
+                                       val_split=s.val_split)
         load_seconds = time.perf_counter() - t_load
         if len(data.y_train) == 0:
             raise CentralError("the pooled training set is empty")

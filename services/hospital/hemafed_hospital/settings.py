@@ -19,6 +19,9 @@ class HospitalSettings(ServiceSettings):
     data_dir: ConfigPath = Path("/data")
     #: fraction of the local images held out for local validation (stratified, seeded)
     val_fraction: float = Field(0.15, gt=0.0, lt=0.9)
+    #: stratified (per class; at least one image of every class held twice) or random (the site's
+    #: images drawn uniformly: for sites of a few dozen images, hemafed.data.loader.random_split)
+    val_split: Literal["stratified", "random"] = "stratified"
     split_seed: int = 0
     tf_threads: int = Field(1, ge=1)
     metrics_url: str | None = None

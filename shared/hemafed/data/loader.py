@@ -138,6 +138,41 @@ def stratified_split(
     return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(val)).astype(np.int64)
 
 
+def random_split(
+    labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split into ``(train_idx, val_idx)`` ignoring the classes: ``round(n *
+    val_fraction)`` images drawn uniformly, at least one when ``n >= 2`` and never all of them.
+
+    For sites too small to stratify: :func:`stratified_split` holds out one image of every class a
+    site has twice, which at ~12 images a site keeps ~30% of them, and never a class the site has
+    once (the rare ones), so the validation set misses exactly the rare classes. Drawn uniformly,
+    each site's few validation images follow the site's own class mix and, over many sites, the
+    federation's. Same labels + fraction + seed => same split.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError("val_fraction must be in [0, 1)")
+    n = len(np.asarray(labels).ravel())
+    idx = np.random.default_rng(seed).permutation(n)
+    k = _n_holdout(n, val_fraction)
+    return np.sort(idx[k:]).astype(np.int64), np.sort(idx[:k]).astype(np.int64)
+
+
+#: how a hospital holds out its validation images (HospitalSettings.val_split)
+VAL_SPLITS = {"stratified": stratified_split, "random": random_split}
+
+
+def validation_split(
+    labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int = 0, method: str = "stratified"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)`` by ``method``: ``stratified`` (per class, the default) or ``random``."""
+    try:
+        split = VAL_SPLITS[method]
+    except KeyError:
+        raise ValueError(f"unknown validation split {method!r}; choose one of {', '.join(VAL_SPLITS)}") from None
+    return split(labels, val_fraction, seed)
+
+
 def remap_labels(labels: np.ndarray, from_classes: Sequence[str], to_classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Relabel indices into ``from_classes`` as indices into ``to_classes``.
 
