@@ -132,6 +132,11 @@ def test_random_split_holds_out_the_rounded_share_ignoring_classes() -> None:
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(12))
     again = random_split(labels, 0.15, seed=0)
     assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
+    # sites with the same label list (a stratified IID cut) draw independently by their key
+    draws = {tuple(random_split(labels, 0.15, seed=0, key=f"hospital-{i}")[1]) for i in range(1, 41)}
+    assert len(draws) > 20
+    assert np.array_equal(random_split(labels, 0.15, seed=0, key="hospital-1")[1],
+                          random_split(labels, 0.15, seed=0, key="hospital-1")[1])
     # over seeds every image, of every class, is sometimes held out
     held = np.zeros(12, bool)
     for seed in range(200):
@@ -148,9 +153,11 @@ def test_random_split_holds_out_the_rounded_share_ignoring_classes() -> None:
 def test_validation_split_dispatches_by_method() -> None:
     labels = np.array([0] * 50 + [1] * 10 + [2] * 2 + [3] * 1)
     for method, split in (("stratified", stratified_split), ("random", random_split)):
-        got, want = validation_split(labels, 0.2, 3, method), split(labels, 0.2, seed=3)
+        got = validation_split(labels, 0.2, 3, method, key="h")
+        want = split(labels, 0.2, 3, "h") if method == "random" else split(labels, 0.2, 3)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-    assert np.array_equal(validation_split(labels, 0.2, 3)[1], stratified_split(labels, 0.2, seed=3)[1])
+    # the default is stratified, and the stratified split ignores the key (the measured splits stay)
+    assert np.array_equal(validation_split(labels, 0.2, 3, key="x")[1], stratified_split(labels, 0.2, seed=3)[1])
     with pytest.raises(ValueError, match="unknown validation split 'by_site'; choose one of stratified, random"):
         validation_split(labels, 0.2, 3, "by_site")
 

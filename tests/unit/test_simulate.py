@@ -115,7 +115,7 @@ def test_hospitals_hold_out_validation_by_the_chosen_method(data5, val_split):
         agent = apps[h].state.agent
         assert agent.settings.val_split == val_split and agent.settings.val_fraction == 0.25
         labels = load_image_folder(data.root / h, 16).labels
-        _, val_idx = validation_split(labels, 0.25, 4, val_split)
+        _, val_idx = validation_split(labels, 0.25, 4, val_split, key=h)
         assert agent.summary(16).num_val == len(val_idx)
 
 

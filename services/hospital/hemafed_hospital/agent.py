@@ -155,7 +155,7 @@ class HospitalAgent:
         if len(loaded.labels) == 0:
             raise AgentError(503, "no readable images in the data directory")
         train_idx, val_idx = validation_split(loaded.labels, self.settings.val_fraction, self.settings.split_seed,
-                                              self.settings.val_split)
+                                              self.settings.val_split, key=self.settings.hospital_id)
         counts = np.bincount(loaded.labels, minlength=len(loaded.classes))
         log.info("loaded %d images (%d skipped) at %d px", len(loaded.labels), loaded.skipped, image_size)
         return LocalData(

@@ -168,7 +168,8 @@ def pool_hospitals(dirs: list[Path], image_size: int, *, val_fraction: float, sp
     parts = []
     for d in dirs:
         loaded = load_image_folder(d, image_size)
-        train_idx, val_idx = validation_split(loaded.labels, val_fraction, split_seed, val_split)  # as HospitalAgent._load
+        train_idx, val_idx = validation_split(loaded.labels, val_fraction, split_seed, val_split,
+                                              key=d.name)  # as HospitalAgent._load (hospital id = folder)
         parts.append((d, loaded, train_idx, val_idx))
     if not classes:
         classes = sorted({c for _, ld, _, _ in parts for c, n in ld.class_counts().items() if n > 0})

@@ -8,6 +8,7 @@ local train/validation split.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -139,7 +140,7 @@ def stratified_split(
 
 
 def random_split(
-    labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int = 0
+    labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int = 0, key: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split into ``(train_idx, val_idx)`` ignoring the classes: ``round(n *
     val_fraction)`` images drawn uniformly, at least one when ``n >= 2`` and never all of them.
@@ -148,29 +149,35 @@ def random_split(
     site has twice, which at ~12 images a site keeps ~30% of them, and never a class the site has
     once (the rare ones), so the validation set misses exactly the rare classes. Drawn uniformly,
     each site's few validation images follow the site's own class mix and, over many sites, the
-    federation's. Same labels + fraction + seed => same split.
+    federation's, provided the sites draw independently: ``key`` (the hospital id) is mixed into
+    the seed, because sites cut from one pool by a stratified split hold the same label list in
+    the same order, and one seed would hold out the same positions, hence the same classes, at
+    every site. Same labels + fraction + seed + key => same split.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError("val_fraction must be in [0, 1)")
     n = len(np.asarray(labels).ravel())
-    idx = np.random.default_rng(seed).permutation(n)
+    salt = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    idx = np.random.default_rng([seed, salt]).permutation(n)
     k = _n_holdout(n, val_fraction)
     return np.sort(idx[k:]).astype(np.int64), np.sort(idx[:k]).astype(np.int64)
 
 
 #: how a hospital holds out its validation images (HospitalSettings.val_split)
-VAL_SPLITS = {"stratified": stratified_split, "random": random_split}
+VAL_SPLITS = ("stratified", "random")
 
 
 def validation_split(
-    labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int = 0, method: str = "stratified"
+    labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int = 0, method: str = "stratified",
+    key: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(train_idx, val_idx)`` by ``method``: ``stratified`` (per class, the default) or ``random``."""
-    try:
-        split = VAL_SPLITS[method]
-    except KeyError:
-        raise ValueError(f"unknown validation split {method!r}; choose one of {', '.join(VAL_SPLITS)}") from None
-    return split(labels, val_fraction, seed)
+    """``(train_idx, val_idx)`` by ``method``: ``stratified`` (per class, the default) or ``random``
+    (drawn with ``key``, the hospital id, mixed into the seed; the stratified split ignores it)."""
+    if method == "stratified":
+        return stratified_split(labels, val_fraction, seed)
+    if method == "random":
+        return random_split(labels, val_fraction, seed, key)
+    raise ValueError(f"unknown validation split {method!r}; choose one of {', '.join(VAL_SPLITS)}")
 
 
 def remap_labels(labels: np.ndarray, from_classes: Sequence[str], to_classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
