@@ -63,6 +63,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
                       model_validator)
 
+from hemafed.data.loader import ValSplit
+
 ROOT = Path(__file__).resolve().parents[1]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -72,7 +74,7 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 #: data / node options that are not RunConfig fields (make variables in lower case)
 DATA_SETTINGS: dict[str, Any] = {
     "clients": int, "split": str, "alpha": float, "dataset": str, "source_proportions": str, "mapping": str,
-    "tf_threads": int, "val_split": Literal["stratified", "random"],
+    "tf_threads": int, "val_split": ValSplit,
 }
 #: options of the centralized baseline only (make central)
 CENTRAL_SETTINGS: dict[str, Any] = {"epochs": int, "lr_warmup_epochs": int, "ema_decay": float}

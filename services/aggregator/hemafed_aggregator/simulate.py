@@ -346,6 +346,8 @@ def _run_fields() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hemafed.data.loader import VAL_SPLITS
+
     p = _Parser(prog="python -m hemafed_aggregator.simulate", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sim = p.add_argument_group("simulation")
@@ -363,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--synthetic-size", type=int, default=64)
     sim.add_argument("--val-fraction", type=float, default=0.15,
                      help="each hospital's local validation share")
-    sim.add_argument("--val-split", choices=("stratified", "random"), default="stratified",
+    sim.add_argument("--val-split", choices=VAL_SPLITS, default="stratified",
                      help="how each hospital holds it out: per class (default) or drawn uniformly (tiny sites)")
     sim.add_argument("--work-dir", type=Path, default=Path("build/simulate"), help="where splits are cached")
     sim.add_argument("--results-dir", type=Path, default=Path("results"))

@@ -44,14 +44,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import numpy as np
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from hemafed.data.loader import load_image_folder, remap_labels, validation_split
+from hemafed.data.loader import ValSplit, load_image_folder, remap_labels, validation_split
 from hemafed.lr import LrSchedule, learning_rate_at, warmup_rates
 from hemafed.reporting import MetricsReporter
 from hemafed.schemas import (
@@ -118,7 +118,7 @@ class CentralSettings(ServiceSettings):
     max_steps_per_epoch: int = Field(0, ge=0)
     #: the hospitals' local validation split (HospitalSettings.val_fraction / val_split / split_seed)
     val_fraction: float = Field(0.15, gt=0.0, lt=0.9)
-    val_split: Literal["stratified", "random"] = "stratified"
+    val_split: ValSplit = "stratified"
     split_seed: int = 0
     split: str = ""
     dataset: str = ""

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from hemafed.data.loader import ValSplit
 from hemafed.security import ConfigPath, SafeName, ServiceSettings
 
 
@@ -21,7 +22,7 @@ class HospitalSettings(ServiceSettings):
     val_fraction: float = Field(0.15, gt=0.0, lt=0.9)
     #: stratified (per class; at least one image of every class held twice) or random (the site's
     #: images drawn uniformly: for sites of a few dozen images, hemafed.data.loader.random_split)
-    val_split: Literal["stratified", "random"] = "stratified"
+    val_split: ValSplit = "stratified"
     split_seed: int = 0
     tf_threads: int = Field(1, ge=1)
     metrics_url: str | None = None

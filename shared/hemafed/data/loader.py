@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -164,7 +165,8 @@ def random_split(
 
 
 #: how a hospital holds out its validation images (HospitalSettings.val_split)
-VAL_SPLITS = ("stratified", "random")
+ValSplit = Literal["stratified", "random"]
+VAL_SPLITS: tuple[str, ...] = get_args(ValSplit)
 
 
 def validation_split(

@@ -142,9 +142,8 @@ class DPFedAvg(Strategy):
         sigma = self.noise_multiplier * self.clip_norm
         noised = [(t + self.rng.normal(0.0, sigma, size=t.shape)) / d if sigma > 0 else t / d for t in total]
         if self.server_momentum > 0:
-            if self.velocity is None:
-                self.velocity = [np.zeros_like(u) for u in noised]
-            self.velocity = [self.server_momentum * v + u for v, u in zip(self.velocity, noised)]
+            self.velocity = noised if self.velocity is None else [
+                self.server_momentum * v + u for v, u in zip(self.velocity, noised)]
             noised = self.velocity
         return [(np.asarray(w, dtype=np.float64) + self.server_lr * u).astype(w.dtype) for w, u in zip(weights, noised)]
 
