@@ -22,6 +22,8 @@ STRATEGIES = [
     ("feddyn", {"alpha": 0.1}),
     ("dp_fedavg", {"noise_multiplier": 0.5, "clip_norm": 5.0, "noise_seed": 7}),
     ("dp_fedavg", {"noise_multiplier": 0.5, "clip_norm": 5.0, "noise_seed": 7, "server_momentum": 0.9}),
+    ("dp_fedavg", {"noise_multiplier": 2.0, "clip_norm": 0.05, "noise_seed": 7, "target_unclipped_quantile": 0.5,
+                   "clipped_count_stddev": 2.0}),
     ("fedavg", {}),
 ]
 
@@ -62,7 +64,8 @@ async def _interrupted_then_resumed(tmp_path, strategy, params, *, stop_in_round
     return second, state, store
 
 
-@pytest.mark.parametrize(("strategy", "params"), STRATEGIES, ids=[s + ("-momentum" if "server_momentum" in p else "") for s, p in STRATEGIES])
+@pytest.mark.parametrize(("strategy", "params"), STRATEGIES, ids=[s + ("-momentum" if "server_momentum" in p else "-adaptive" if "target_unclipped_quantile" in p else "")
+                              for s, p in STRATEGIES])
 async def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, strategy, params):
     clean = make_server(tmp_path / "clean", _hospitals(), strategy=strategy, strategy_params=params)
     clean_state = await clean.run()

@@ -77,6 +77,97 @@ def test_server_momentum_on_the_clipped_average() -> None:
     assert plain.velocity is None and plain.state_dict()["velocity"] is None
 
 
+# --------------------------------------------------------------------------- adaptive clipping
+
+
+def test_adaptive_clip_moves_geometrically_towards_the_quantile() -> None:
+    """Andrew et al. 2021, Algorithm 1 without noise: b = sum(1[||D_k|| <= C] - 1/2) / D + 1/2,
+    C <- C exp(-eta (b - gamma)); each round clips with the C it started with."""
+    s = DPFedAvg(noise_multiplier=0.0, clip_norm=1.0, target_unclipped_quantile=0.9, clip_learning_rate=0.5)
+    # round 1: norms 5 (clipped) and 0.5 (kept) -> b = ((0 - 0.5) + (1 - 0.5)) / 2 + 0.5 = 0.5
+    np.testing.assert_allclose(s.aggregate_train(1, [arr(0, 0)], two(), [])[0], [0.45, 0.6])
+    assert s.last_unclipped_fraction == pytest.approx(0.5)
+    assert s.clip == pytest.approx(math.exp(0.2))  # 1 * exp(-0.5 (0.5 - 0.9))
+    assert s.round_report(1) == {"dp_epsilon": None, "dp_delta": 1e-5, "dp_clip_norm": 1.0,
+                                 "dp_unclipped_fraction": pytest.approx(0.5),
+                                 "dp_next_clip_norm": pytest.approx(math.exp(0.2))}
+    # round 2 clips with C = e^0.2 = 1.22140: [3, 4] -> 1.22140 [0.6, 0.8]; average with [0.3, 0.4]
+    saved = s.state_dict()
+    c = math.exp(0.2)
+    out = s.aggregate_train(2, [arr(0, 0)], two(), [])[0]
+    np.testing.assert_allclose(out, [(0.6 * c + 0.3) / 2, (0.8 * c + 0.4) / 2])
+    assert s.clip == pytest.approx(math.exp(0.4))
+    # the clip is part of the checkpointed state
+    resumed = DPFedAvg(noise_multiplier=0.0, clip_norm=1.0, target_unclipped_quantile=0.9, clip_learning_rate=0.5)
+    resumed.load_state_dict(saved)
+    assert resumed.clip == pytest.approx(c)
+    np.testing.assert_allclose(resumed.aggregate_train(2, [arr(0, 0)], two(), [])[0], out)
+    # gamma below the kept fraction shrinks the clip: b = 0.5, gamma = 0.25 -> C = exp(-0.2 * 0.25)
+    low = DPFedAvg(noise_multiplier=0.0, clip_norm=1.0, target_unclipped_quantile=0.25)
+    low.aggregate_train(1, [arr(0, 0)], two(), [])
+    assert low.clip == pytest.approx(math.exp(-0.05))
+    d = low.describe()
+    assert (d["target_unclipped_quantile"], d["clip_learning_rate"], d["clipped_count_stddev"]) == (0.25, 0.2, None)
+    # fixed clipping (the default) never moves and reports no clip
+    fixed = DPFedAvg(noise_multiplier=0.0, clip_norm=1.0)
+    for rnd in (1, 2):
+        fixed.aggregate_train(rnd, [arr(0, 0)], two(), [])
+    assert fixed.clip == 1.0 and fixed.last_clip is None and "dp_clip_norm" not in fixed.round_report(2)
+
+
+def test_adaptive_clip_settles_at_the_median_norm() -> None:
+    # 100 hospitals with update norms 1..100; from C = 0.1 the clip climbs at most e^0.1 a round and
+    # then stays within one step of the median (50.5)
+    results = [FitRes(f"h{k}", [arr(k, 0)], 1) for k in range(1, 101)]
+    s = DPFedAvg(noise_multiplier=0.0, clip_norm=0.1, target_unclipped_quantile=0.5)
+    clips = []
+    for rnd in range(1, 201):
+        s.aggregate_train(rnd, [arr(0, 0)], results, [])
+        clips.append(s.clip)
+    assert clips[0] == pytest.approx(0.1 * math.exp(0.1))  # all clipped: b = 0
+    assert all(48 < c < 53 for c in clips[-50:])
+
+
+def test_adaptive_clipping_splits_the_noise_multiplier() -> None:
+    """z_Delta = (z^-2 - (2 sigma_b)^-2)^-1/2: value and count noise together are one Gaussian
+    mechanism of multiplier z, so epsilon is that of z (Andrew et al. 2021, Theorem 1)."""
+    s = DPFedAvg(noise_multiplier=1.0, clip_norm=2.0, expected_clients_per_round=4, noise_seed=3,
+                 target_unclipped_quantile=0.5, clipped_count_stddev=1.0)
+    z_value = s.value_noise_multiplier(3)
+    assert z_value == pytest.approx(1 / math.sqrt(0.75))  # (1 - 1/4)^-1/2
+    assert z_value ** -2 + 2.0 ** -2 == pytest.approx(1.0)
+    assert s.noise_std(3) == pytest.approx(z_value * 2.0 / 4)
+    assert s.epsilon(10) == DPFedAvg(noise_multiplier=1.0, clip_norm=2.0).epsilon(10)
+    # the value noise has that std: hospitals that return x leave pure noise (clip moves after the round)
+    d = 40_000
+    out = s.aggregate_train(1, [np.zeros(d)], [FitRes(h, [np.zeros(d)], 1) for h in "abc"], [])[0]
+    assert np.std(out) == pytest.approx(z_value * 2.0 / 4, rel=0.03)
+    # default sigma_b = 0.05 D: D = 200 -> 10, z_Delta = (z^-2 - 1/400)^-1/2
+    dflt = DPFedAvg(noise_multiplier=1.227, expected_clients_per_round=200, target_unclipped_quantile=0.5)
+    assert dflt.count_stddev(150) == pytest.approx(10.0)
+    assert dflt.value_noise_multiplier(150) == pytest.approx((1.227 ** -2 - 1 / 400) ** -0.5)
+    # without adaptive clipping the whole multiplier is on the update
+    assert DPFedAvg(noise_multiplier=1.227, clipped_count_stddev=1.0).value_noise_multiplier(5) == 1.227
+    # a sigma_b the budget cannot carry (2 sigma_b <= z) is refused, before anything moves
+    tight = DPFedAvg(noise_multiplier=1.0, target_unclipped_quantile=0.5, clipped_count_stddev=0.5)
+    with pytest.raises(ValueError, match="too small"):
+        tight.aggregate_train(1, [arr(0, 0)], two(), [])
+    assert tight.clip == 1.0 and tight.last_norms == {}
+
+
+def test_adaptive_clipping_noises_the_count() -> None:
+    # every update is 0 (within any clip): the exact fraction is 1, the released one 1 + N(0, (sigma_b / D)^2)
+    s = DPFedAvg(noise_multiplier=1.0, expected_clients_per_round=10, noise_seed=5,
+                 target_unclipped_quantile=0.5, clipped_count_stddev=5.0)
+    results = [FitRes(f"h{k}", [arr(0.0)], 1) for k in range(10)]
+    fractions = []
+    for rnd in range(1, 2001):
+        s.aggregate_train(rnd, [arr(0.0)], results, [])
+        fractions.append(s.last_unclipped_fraction)
+    assert np.mean(fractions) == pytest.approx(1.0, abs=0.05)
+    assert np.std(fractions) == pytest.approx(0.5, rel=0.05)
+
+
 # --------------------------------------------------------------------------- noise
 
 
@@ -126,7 +217,8 @@ def test_float32_kept_and_edges() -> None:
     assert s.aggregate_train(1, w, [], []) is w
     for bad in ({"noise_multiplier": -1}, {"clip_norm": 0}, {"delta": 0}, {"delta": 1},
                 {"expected_clients_per_round": 0}, {"num_clients": 0}, {"server_lr": 0},
-                {"server_momentum": -0.1}, {"server_momentum": 1.0}):
+                {"server_momentum": -0.1}, {"server_momentum": 1.0}, {"target_unclipped_quantile": 0},
+                {"target_unclipped_quantile": 1}, {"clip_learning_rate": 0}, {"clipped_count_stddev": -1}):
         with pytest.raises(ValueError):
             DPFedAvg(**bad)
 

@@ -19,6 +19,25 @@ so it costs no privacy. Every hospital counts the same
 (not the number that answered: the denominator must not depend on the data), else the number
 of results.
 
+Adaptive clipping (``target_unclipped_quantile`` gamma set; Andrew et al., "Differentially
+Private Learning with Adaptive Clipping", NeurIPS 2021, Algorithm 1, as TFF's
+``DifferentiallyPrivateFactory.gaussian_adaptive``): the clip norm follows the gamma-quantile of
+the update norms instead of staying at ``clip_norm`` (then only its start), so the noise
+``z_Delta C / D`` shrinks as the updates do (under a decaying learning rate they shrink ten-fold
+while a fixed clip keeps the noise where it was). Per round, with ``C`` the current clip::
+
+    b_k      = 1[||w_k - x|| <= C] - 1/2                                  (centred: sensitivity 1/2)
+    b        = (sum_k b_k + N(0, sigma_b^2)) / D + 1/2                    (noised unclipped fraction)
+    C       <- C * exp(-eta_C (b - gamma))                                (geometric update)
+
+The update is clipped to and noised with the ``C`` of its round, at the value noise multiplier
+``z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)``: the pair (update sum at ``z_Delta``, count at
+``sigma_b``) is one Gaussian mechanism of noise multiplier ``z`` (Andrew et al., Theorem 1), so
+``noise_multiplier`` z, and with it the accounting below, keeps its meaning. ``sigma_b``
+(``clipped_count_stddev``) defaults to ``0.05 D`` and ``eta_C`` (``clip_learning_rate``) to 0.2,
+TFF's and the paper's defaults; a ``sigma_b`` too small for ``z`` (``2 sigma_b <= z``) is
+refused.
+
 Privacy (:meth:`epsilon`): ``t`` rounds of the Poisson-subsampled Gaussian mechanism with
 sampling probability ``q`` and noise multiplier ``z``, RDP-accounted with ``dp_accounting``
 (:func:`hemafed.privacy.rdp_epsilon`), at ``delta`` (default 1e-5). ``q`` is
@@ -63,6 +82,9 @@ class DPFedAvg(Strategy):
         delta: float = 1e-5,
         server_lr: float = 1.0,
         server_momentum: float = 0.0,
+        target_unclipped_quantile: float | None = None,
+        clip_learning_rate: float = 0.2,
+        clipped_count_stddev: float | None = None,
         noise_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -81,6 +103,12 @@ class DPFedAvg(Strategy):
             raise ValueError("server_lr must be positive")
         if not 0.0 <= server_momentum < 1.0:
             raise ValueError("server_momentum must be in [0, 1)")
+        if target_unclipped_quantile is not None and not 0.0 < target_unclipped_quantile < 1.0:
+            raise ValueError("target_unclipped_quantile must be in (0, 1)")
+        if clip_learning_rate <= 0:
+            raise ValueError("clip_learning_rate must be positive")
+        if clipped_count_stddev is not None and clipped_count_stddev < 0:
+            raise ValueError("clipped_count_stddev must be >= 0")
         self.noise_multiplier = float(noise_multiplier)
         self.clip_norm = float(clip_norm)
         self.expected_clients_per_round = expected_clients_per_round
@@ -88,6 +116,14 @@ class DPFedAvg(Strategy):
         self.delta = delta
         self.server_lr = server_lr
         self.server_momentum = float(server_momentum)
+        self.target_unclipped_quantile = target_unclipped_quantile
+        self.clip_learning_rate = float(clip_learning_rate)
+        self.clipped_count_stddev = clipped_count_stddev
+        #: the clip norm of the next round: ``clip_norm`` throughout when fixed, its start when adaptive
+        self.clip = self.clip_norm
+        #: the last round's clip and noised unclipped fraction (adaptive clipping), for the round report
+        self.last_clip: float | None = None
+        self.last_unclipped_fraction: float | None = None
         #: the server's momentum buffer (float64), None until the first aggregated round
         self.velocity: list[np.ndarray] | None = None
         self.noise_seed = noise_seed
@@ -114,9 +150,31 @@ class DPFedAvg(Strategy):
             return float(self.last_selected)
         return float(num_results)
 
+    @property
+    def adaptive(self) -> bool:
+        return self.target_unclipped_quantile is not None
+
+    def count_stddev(self, num_results: int) -> float:
+        """sigma_b: std of the noise on the count of unclipped updates (adaptive clipping)."""
+        if self.clipped_count_stddev is not None:
+            return float(self.clipped_count_stddev)
+        return 0.05 * self.denominator(num_results)
+
+    def value_noise_multiplier(self, num_results: int) -> float:
+        """z_Delta, the noise multiplier on the update sum: ``z``, or with adaptive clipping
+        ``(z^-2 - (2 sigma_b)^-2)^(-1/2)`` (Andrew et al. 2021, Theorem 1)."""
+        z = self.noise_multiplier
+        if not self.adaptive or z == 0:
+            return z
+        sigma_b = self.count_stddev(num_results)
+        if 2 * sigma_b <= z:
+            raise ValueError(f"clipped_count_stddev {sigma_b:g} is too small for noise_multiplier {z:g}: "
+                             "the count alone would spend the budget (need 2 sigma_b > z)")
+        return (z ** -2 - (2 * sigma_b) ** -2) ** -0.5
+
     def noise_std(self, num_results: int) -> float:
-        """Per-coordinate std of the noise on the averaged update: ``z S / D``."""
-        return self.noise_multiplier * self.clip_norm / self.denominator(num_results)
+        """Per-coordinate std of the noise on the averaged update: ``z_Delta C / D``."""
+        return self.value_noise_multiplier(num_results) * self.clip / self.denominator(num_results)
 
     def configure_train(
         self, rnd: int, weights: Weights, clients: list[ClientRef], rng: np.random.Generator
@@ -129,23 +187,36 @@ class DPFedAvg(Strategy):
         if not results:
             return weights
         check_same_structure([weights, *(r.weights for r in results)])
+        sigma = self.value_noise_multiplier(len(results)) * self.clip  # refuses a bad sigma_b first
         total = [np.zeros(np.shape(w), dtype=np.float64) for w in weights]
         self.last_norms = {}
         for r in results:
             clipped, norm = clip_by_global_norm(subtract(
                 [np.asarray(x, dtype=np.float64) for x in r.weights], [np.asarray(w, dtype=np.float64) for w in weights]
-            ), self.clip_norm)
+            ), self.clip)
             self.last_norms[r.hospital_id] = norm
             for acc, c in zip(total, clipped):
                 acc += c
         d = self.denominator(len(results))
-        sigma = self.noise_multiplier * self.clip_norm
         noised = [(t + self.rng.normal(0.0, sigma, size=t.shape)) / d if sigma > 0 else t / d for t in total]
+        if self.adaptive:
+            self._update_clip(len(results), d)
         if self.server_momentum > 0:
             self.velocity = noised if self.velocity is None else [
                 self.server_momentum * v + u for v, u in zip(self.velocity, noised)]
             noised = self.velocity
         return [(np.asarray(w, dtype=np.float64) + self.server_lr * u).astype(w.dtype) for w, u in zip(weights, noised)]
+
+    def _update_clip(self, num_results: int, d: float) -> None:
+        """C <- C exp(-eta_C (b - gamma)), b the noised fraction of updates within this round's C."""
+        count = sum((n <= self.clip) - 0.5 for n in self.last_norms.values())
+        sigma_b = self.count_stddev(num_results) if self.noise_multiplier > 0 else 0.0
+        if sigma_b > 0:
+            count += self.rng.normal(0.0, sigma_b)
+        self.last_clip = self.clip
+        self.last_unclipped_fraction = float(count / d + 0.5)
+        self.clip = float(self.clip * math.exp(-self.clip_learning_rate
+                                               * (self.last_unclipped_fraction - self.target_unclipped_quantile)))
 
     # ------------------------------------------------------------------ privacy
 
@@ -156,7 +227,11 @@ class DPFedAvg(Strategy):
     def round_report(self, rnd: int) -> dict[str, Any]:
         """``{"dp_epsilon", "dp_delta"}`` after round ``rnd``; epsilon is None when infinite (z = 0)."""
         eps = self.epsilon(rnd)
-        return {"dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": self.delta}
+        report: dict[str, Any] = {"dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": self.delta}
+        if self.adaptive and self.last_clip is not None:
+            report |= {"dp_clip_norm": self.last_clip, "dp_unclipped_fraction": self.last_unclipped_fraction,
+                       "dp_next_clip_norm": self.clip}
+        return report
 
     # ------------------------------------------------------------------ state
 
@@ -165,6 +240,7 @@ class DPFedAvg(Strategy):
             "rng": self.rng.bit_generator.state,
             "last_selected": self.last_selected,
             "velocity": None if self.velocity is None else copy_weights(self.velocity),
+            "clip": self.clip,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -174,6 +250,7 @@ class DPFedAvg(Strategy):
         self.last_selected = state.get("last_selected")
         velocity = state.get("velocity")
         self.velocity = None if velocity is None else [np.array(v, dtype=np.float64) for v in velocity]
+        self.clip = float(state.get("clip", self.clip_norm))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -185,6 +262,9 @@ class DPFedAvg(Strategy):
             "delta": self.delta,
             "server_lr": self.server_lr,
             "server_momentum": self.server_momentum,
+            "target_unclipped_quantile": self.target_unclipped_quantile,
+            "clip_learning_rate": self.clip_learning_rate,
+            "clipped_count_stddev": self.clipped_count_stddev,
             "noise_seed": self.noise_seed,
             "sampling_probability": self.sampling_probability,
         }
