@@ -148,8 +148,13 @@ def test_adaptive_clipping_splits_the_noise_multiplier() -> None:
     assert dflt.value_noise_multiplier(150) == pytest.approx((1.227 ** -2 - 1 / 400) ** -0.5)
     # without adaptive clipping the whole multiplier is on the update
     assert DPFedAvg(noise_multiplier=1.227, clipped_count_stddev=1.0).value_noise_multiplier(5) == 1.227
-    # a sigma_b the budget cannot carry (2 sigma_b <= z) is refused, before anything moves
-    tight = DPFedAvg(noise_multiplier=1.0, target_unclipped_quantile=0.5, clipped_count_stddev=0.5)
+    # a sigma_b the budget cannot carry (2 sigma_b <= z) is refused: at start-up when it is known...
+    with pytest.raises(ValueError, match="too small"):
+        DPFedAvg(noise_multiplier=1.0, target_unclipped_quantile=0.5, clipped_count_stddev=0.5)
+    with pytest.raises(ValueError, match="too small"):
+        DPFedAvg(noise_multiplier=1.0, target_unclipped_quantile=0.5, expected_clients_per_round=10)
+    # ... else in the round, before anything moves (D = 2 answers -> sigma_b = 0.1 <= z / 2)
+    tight = DPFedAvg(noise_multiplier=1.0, target_unclipped_quantile=0.5)
     with pytest.raises(ValueError, match="too small"):
         tight.aggregate_train(1, [arr(0, 0)], two(), [])
     assert tight.clip == 1.0 and tight.last_norms == {}

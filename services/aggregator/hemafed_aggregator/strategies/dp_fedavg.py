@@ -124,6 +124,8 @@ class DPFedAvg(Strategy):
         #: the last round's clip and noised unclipped fraction (adaptive clipping), for the round report
         self.last_clip: float | None = None
         self.last_unclipped_fraction: float | None = None
+        if self.adaptive and (clipped_count_stddev is not None or expected_clients_per_round or num_clients):
+            self.value_noise_multiplier(0)  # sigma_b known now: refuse one the budget cannot carry at start-up
         #: the server's momentum buffer (float64), None until the first aggregated round
         self.velocity: list[np.ndarray] | None = None
         self.noise_seed = noise_seed
@@ -225,7 +227,9 @@ class DPFedAvg(Strategy):
         return rdp_epsilon(self.sampling_probability, self.noise_multiplier, rounds, self.delta)
 
     def round_report(self, rnd: int) -> dict[str, Any]:
-        """``{"dp_epsilon", "dp_delta"}`` after round ``rnd``; epsilon is None when infinite (z = 0)."""
+        """``{"dp_epsilon", "dp_delta"}`` after round ``rnd``; epsilon is None when infinite (z = 0).
+        With adaptive clipping also the round's clip (``dp_clip_norm``), its released unclipped
+        fraction (``dp_unclipped_fraction``) and the next round's clip (``dp_next_clip_norm``)."""
         eps = self.epsilon(rnd)
         report: dict[str, Any] = {"dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": self.delta}
         if self.adaptive and self.last_clip is not None:
