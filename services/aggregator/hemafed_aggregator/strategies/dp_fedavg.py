@@ -212,9 +212,8 @@ class DPFedAvg(Strategy):
     def _update_clip(self, num_results: int, d: float) -> None:
         """C <- C exp(-eta_C (b - gamma)), b the noised fraction of updates within this round's C."""
         count = sum((n <= self.clip) - 0.5 for n in self.last_norms.values())
-        sigma_b = self.count_stddev(num_results) if self.noise_multiplier > 0 else 0.0
-        if sigma_b > 0:
-            count += self.rng.normal(0.0, sigma_b)
+        if self.noise_multiplier > 0:  # sigma_b > z / 2 > 0 here (value_noise_multiplier checked it)
+            count += self.rng.normal(0.0, self.count_stddev(num_results))
         self.last_clip = self.clip
         self.last_unclipped_fraction = float(count / d + 0.5)
         self.clip = float(self.clip * math.exp(-self.clip_learning_rate
