@@ -9,6 +9,9 @@ Models:
   across hospitals with different label mixes and make federated validation swing
   (measured: see README); GroupNorm has no running statistics.
 - ``cnn-bn``: the same with BatchNorm (for comparison, and for FedBN with ``local_norm``).
+- ``cnn-small``: the GroupNorm CNN with half the filters (8/16/32): about a quarter of the
+  parameters (18.5k instead of 73k), for client-level DP, whose noise on the averaged update
+  grows with the square root of the exchanged parameters (benchmarks/dp_budget.py).
 - ``cnn-wide``: the GroupNorm CNN with twice the filters (32/64/128, ~4x the compute): the
   accuracy-first choice at 64 px when the hours are there.
 - ``cnn-deep``: ``cnn-wide`` plus a fourth block (256 filters) after a third pooling: twice the
@@ -39,8 +42,8 @@ from keras import layers  # noqa: E402
 
 APPLICATIONS = ("mobilenetv2", "resnet50", "vgg16", "efficientnetb0")
 #: name -> (normalisation, filters of each conv block; a 2x2 max-pooling between blocks)
-COMPACT = {"cnn": ("group", (16, 32, 64)), "cnn-bn": ("batch", (16, 32, 64)), "cnn-wide": ("group", (32, 64, 128)),
-           "cnn-deep": ("group", (32, 64, 128, 256))}
+COMPACT = {"cnn": ("group", (16, 32, 64)), "cnn-bn": ("batch", (16, 32, 64)), "cnn-small": ("group", (8, 16, 32)),
+           "cnn-wide": ("group", (32, 64, 128)), "cnn-deep": ("group", (32, 64, 128, 256))}
 MODELS = (*COMPACT, *APPLICATIONS)
 NORM_LAYERS = (layers.BatchNormalization, layers.GroupNormalization, layers.LayerNormalization)
 
@@ -79,7 +82,8 @@ def _compact_cnn(num_classes: int, image_size: int, norm: str, widths: tuple[int
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(0.3, name="dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="classifier")(x)
-    # hemafed_cnn_group (cnn), hemafed_cnn_group_32 (cnn-wide), hemafed_cnn_group_32x4 (cnn-deep)
+    # hemafed_cnn_group (cnn), hemafed_cnn_group_8 (cnn-small), hemafed_cnn_group_32 (cnn-wide),
+    # hemafed_cnn_group_32x4 (cnn-deep)
     suffix = "" if widths == COMPACT["cnn"][1] else f"_{widths[0]}"
     if len(widths) != 3:
         suffix += f"x{len(widths)}"

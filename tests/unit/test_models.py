@@ -75,6 +75,21 @@ def test_cnn_wide_doubles_every_block_and_keeps_groupnorm():
     assert wide.output_shape == (None, 8)
 
 
+def test_cnn_small_halves_every_block_for_a_quarter_of_the_parameters():
+    """cnn-small: 8/16/32 filters; the 3x3 convolutions' weights scale with filters squared, so the
+    exchanged update (and DP-FedAvg's noise norm, which grows with its square root) shrinks."""
+    small, cnn = build_model("cnn-small", 8, 28), build_model("cnn", 8, 28)
+    assert [layer.kernel.shape[-1] for layer in small.layers if layer.name.endswith("conv1")] == [8, 16, 32]
+    assert sum(isinstance(layer, keras.layers.GroupNormalization) for layer in small.layers) == 6
+    convs = 9 * (3 * 8 + 8 * 8 + 8 * 16 + 16 * 16 + 16 * 32 + 32 * 32)  # no biases: GroupNorm follows
+    group_norms = 2 * 2 * (8 + 16 + 32)  # gamma and beta, two per block
+    classifier = 32 * 8 + 8
+    n = convs + group_norms + classifier
+    assert n == 18560 and count_params(small) == {"trainable": n, "total": n, "exchanged": n}
+    assert 3.9 < count_params(cnn)["total"] / count_params(small)["total"] < 4.0
+    assert small.name == "hemafed_cnn_group_8" and small.output_shape == (None, 8)
+
+
 def test_cnn_deep_adds_a_fourth_block_after_a_third_pooling():
     wide, deep = build_model("cnn-wide", 8, 64), build_model("cnn-deep", 8, 64)
     assert [layer.kernel.shape[-1] for layer in deep.layers if layer.name.endswith("conv1")] == [32, 64, 128, 256]

@@ -27,6 +27,7 @@ CARD_SCHEMA = "hemafed-model-card/1"
 _INSIDE = {
     "cnn": "Rescaling(1/255) to [0, 1]",
     "cnn-bn": "Rescaling(1/255) to [0, 1]",
+    "cnn-small": "Rescaling(1/255) to [0, 1]",
     "cnn-wide": "Rescaling(1/255) to [0, 1]",
     "cnn-deep": "Rescaling(1/255) to [0, 1]",
     "mobilenetv2": "x / 127.5 - 1 to [-1, 1] (MobileNetV2)",
