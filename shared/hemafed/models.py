@@ -10,7 +10,7 @@ Models:
   (measured: see README); GroupNorm has no running statistics.
 - ``cnn-bn``: the same with BatchNorm (for comparison, and for FedBN with ``local_norm``).
 - ``cnn-small``: the GroupNorm CNN with half the filters (8/16/32): about a quarter of the
-  parameters (18.5k instead of 73k), for client-level DP, whose noise on the averaged update
+  parameters (18.6k instead of 73k), for client-level DP, whose noise on the averaged update
   grows with the square root of the exchanged parameters (benchmarks/dp_budget.py).
 - ``cnn-wide``: the GroupNorm CNN with twice the filters (32/64/128, ~4x the compute): the
   accuracy-first choice at 64 px when the hours are there.
