@@ -569,9 +569,10 @@ def test_dp_configs_stay_within_their_privacy_budget(name, dp_scenario, plain_sc
     assert 7.5 < rdp_epsilon(q, params["noise_multiplier"], int(dp["rounds"]), 1e-5) <= 8.0
     assert {k: v for k, v in dp.items() if k not in ("strategy", "strategy_params")} == \
         {k: v for k, v in plain.items() if k not in ("strategy", "strategy_params")}
-    dp_only = ("clip_norm", "noise_multiplier", "noise_seed", "target_unclipped_quantile", "clip_learning_rate",
-               "clipped_count_stddev", "server_momentum", "server_lr")
-    assert {k: v for k, v in params.items() if k not in dp_only} == plain.get("strategy_params", {})
+    dp_side = ("clip_norm", "noise_multiplier", "noise_seed", "target_unclipped_quantile", "clip_learning_rate",
+               "clipped_count_stddev",  # the mechanism
+               "server_momentum", "server_lr")  # the server optimizer on its noised average
+    assert {k: v for k, v in params.items() if k not in dp_side} == plain.get("strategy_params", {})
 
 
 def test_pbc_figures_chain_starts_from_the_same_seeds_runs():
