@@ -525,7 +525,7 @@ def test_report_only_rewrites_tables_from_existing_results(tmp_path):
 SHIPPED_CONFIGS = {  # name: (runs, engines)
     "smoke": (2, {"stack"}), "thesis": (7, {"stack"}), "thesis-quick": (7, {"stack"}),
     "intermittent": (12, {"stack"}), "sweep100": (9, {"simulation"}), "pbc-figures": (19, {"stack", "simulation"}),
-    "dp-client-level": (3, {"simulation"}), "dp-many-hospitals": (10, {"simulation"}),
+    "dp-client-level": (3, {"simulation"}), "dp-many-hospitals": (12, {"simulation"}),
     "label-skew": (29, {"simulation", "stack"}),
     "thesis-source": (4, {"stack"}),
 }
@@ -552,7 +552,8 @@ def test_shipped_configs_are_valid(name):
     ("dp-many-hospitals", "dp-eps8-adaptive-val-random", "non-private-val-random"),
     ("dp-many-hospitals", "dp-eps8-adaptive-ema-val-random", "non-private-val-random"),
     ("dp-many-hospitals", "dp-eps8-adaptive-momentum-val-random", "non-private-val-random"),
-    ("dp-many-hospitals", "dp-eps8-adaptive-small-val-random", "non-private-small-val-random")])
+    ("dp-many-hospitals", "dp-eps8-adaptive-small-val-random", "non-private-small-val-random"),
+    ("dp-many-hospitals", "dp-eps8-adaptive-r100-val-random", "non-private-r100-val-random")])
 def test_dp_configs_stay_within_their_privacy_budget(name, dp_scenario, plain_scenario):
     """Each DP-FedAvg scenario's noise keeps client-level epsilon <= 8 at delta 1e-5 over the run's
     rounds at its sampling rate (the accountant the aggregator reports with), and the DP run differs
