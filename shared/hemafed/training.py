@@ -52,6 +52,7 @@ seeds all derive from it), apart from DP noise drawn without ``noise_seed``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -214,6 +215,37 @@ def _quiet_tf_warnings():
         logger.setLevel(level)
 
 
+def _zeroing(variables):
+    """A function that sets every one of ``variables`` to zero in one graph call (a hospital zeroes
+    its client optimizer's slots every round: 0.6 ms instead of 5.6 ms for an eager assign per
+    variable of Adam's 42)."""
+    variables = list(variables)
+
+    @tf.function
+    def zero():
+        for v in variables:
+            v.assign(tf.zeros(v.shape, v.dtype))
+
+    return zero
+
+
+def _epochs(ds: tf.data.Dataset, n: int, config: FitConfig):
+    """The batches of each of ``config.local_epochs`` epochs over ``ds`` (``n`` examples), in order.
+
+    One iterator over ``ds.repeat(epochs)`` serves every epoch: its batches are those of a fresh
+    pass per epoch (each epoch reshuffled from the same seed; the unit tests check it), without an
+    iterator and its prefetch thread per epoch (a dozen images, 5 epochs of batch 8: 26 ms of data
+    pipeline a fit instead of 84 ms, beside about 80 ms of steps). With ``max_steps_per_epoch``
+    below an epoch's batches, each epoch is a fresh pass cut at that many batches, as before (the
+    passes are opened one after another, never two at once: augmentation draws in order)."""
+    per_epoch = -(-n // config.batch_size)
+    cap = config.max_steps_per_epoch
+    if cap and cap < per_epoch:
+        return (itertools.islice(ds, cap) for _ in range(config.local_epochs))
+    stream = iter(ds.repeat(config.local_epochs))
+    return (itertools.islice(stream, per_epoch) for _ in range(config.local_epochs))
+
+
 class LocalTrainer:
     """Holds one model and its compiled training step; reused across rounds."""
 
@@ -233,6 +265,8 @@ class LocalTrainer:
         self._steps: dict[bool, object] = {}
         self._per_example = per_example
         self._dp_steps: dict[str, object] = {}
+        self._zero_optimizer = None
+        self._no_corrections: list[tf.Tensor] | None = None
         self._seed_generators = [
             sg for layer in model._flatten_layers() for sg in getattr(layer, "_seed_generators", None) or []
         ]
@@ -290,9 +324,9 @@ class LocalTrainer:
             self._optimizer_kind = config.optimizer
             self._steps = {}
             self._dp_steps = {}
+            self._zero_optimizer = _zeroing(self._optimizer.variables)
         elif reset:  # a fresh client optimizer each round: zero its slots and step counter
-            for v in self._optimizer.variables:
-                v.assign(tf.zeros_like(v))
+            self._zero_optimizer()
         self._optimizer.learning_rate.assign(config.learning_rate)
         return self._optimizer
 
@@ -479,7 +513,10 @@ class LocalTrainer:
         anchors = [tf.constant(v.numpy()) for v in variables]
         frozen = [(v, a) for v, a, t in zip(variables, anchors, trains) if not t]
         if corrections is None:
-            corr = [tf.zeros_like(v) for v in variables]
+            shapes = [tuple(v.shape) for v in variables]
+            if self._no_corrections is None or [tuple(c.shape) for c in self._no_corrections] != shapes:
+                self._no_corrections = [tf.zeros_like(v) for v in variables]  # immutable: built once
+            corr = self._no_corrections
         else:
             if len(corrections) != len(variables):
                 raise ValueError("corrections must match the trainable variables")
@@ -499,10 +536,8 @@ class LocalTrainer:
             raise ValueError("step_learning_rates must be a non-empty list of positive, finite rates")
         per_example = None
         steps, loss_sum, correct_sum, seen = 0, 0.0, 0.0, 0
-        for _epoch in range(config.local_epochs):
-            for i, (x, y, w) in enumerate(ds):
-                if config.max_steps_per_epoch and i >= config.max_steps_per_epoch:
-                    break
+        for batches in _epochs(ds, len(labels), config):
+            for x, y, w in batches:
                 if rates is not None:
                     self._optimizer.learning_rate.assign(rates[min(steps, len(rates) - 1)])
                 if dp:

@@ -13,7 +13,7 @@ from hemafed.schemas import FitConfig
 pytest.importorskip("tensorflow")
 
 from hemafed.models import build_model, get_exchanged, set_exchanged  # noqa: E402
-from hemafed.training import LocalTrainer, UnsupportedConfig  # noqa: E402
+from hemafed.training import LocalTrainer, UnsupportedConfig, _epochs, make_dataset  # noqa: E402
 
 SIZE, N = 16, 16
 RNG = np.random.default_rng(0)
@@ -185,6 +185,47 @@ def test_optimizer_state_resets_each_round_unless_kept():
                 reset_optimizer=False)
     assert int(trainer._optimizer.iterations.numpy()) == 8  # centralized epochs: one continuous Adam run
     assert float(trainer._optimizer.learning_rate.numpy()) == pytest.approx(5e-4)  # the epoch's rate applies
+
+
+@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize("cap", [0, 2, 5])
+def test_epochs_are_the_batches_of_a_fresh_pass_per_epoch(augment, cap):
+    """The trainer's one iterator over every epoch gives, epoch by epoch, the batches a fresh pass
+    over the dataset gives (reshuffled each epoch from the same seed; augmented alike); with a cap
+    below an epoch's batches, each epoch's first ``cap`` batches (their images compared only without
+    augmentation: the cut pass's prefetch has drawn a timing-dependent number of augmentations ahead,
+    in the trainer as in any cut pass)."""
+    n, epochs, batch = 13, 3, 4  # 4 batches an epoch, the last of 1 image
+    images, labels = IMAGES[:n], np.arange(n) % 5
+    cfg = FitConfig(local_epochs=epochs, batch_size=batch, augment=augment, max_steps_per_epoch=cap)
+
+    def dataset():
+        return make_dataset(images, labels, batch_size=batch, shuffle=True, augment=augment, seed=7)
+
+    reference = dataset()
+    per_epoch = cap if 0 < cap < 4 else 4
+    expected = [[(x.numpy(), y.numpy()) for x, y, _ in reference.take(per_epoch)] for _ in range(epochs)]
+    got = [[(x.numpy(), y.numpy()) for x, y, _ in batches] for batches in _epochs(dataset(), n, cfg)]
+    assert [len(e) for e in got] == [per_epoch] * epochs
+    assert [[y.tolist() for _, y in e] for e in got] == [[y.tolist() for _, y in e] for e in expected]
+    if not (augment and 0 < cap < 4):  # a cut pass's prefetch draws augmentations ahead, as many as it got to
+        assert all(np.array_equal(a, b) for eg, ee in zip(got, expected) for (a, _), (b, _) in zip(eg, ee))
+    assert [y.tolist() for _, y in got[0]] != [y.tolist() for _, y in got[1]]  # each epoch reshuffled
+
+
+def test_a_reset_optimizer_trains_as_a_new_one():
+    """A hospital's second round (its optimizer's slots and step count zeroed in place) moves the
+    weights exactly as a trainer that never trained before."""
+    cfg = FitConfig(local_epochs=2, batch_size=4, learning_rate=1e-3, optimizer="adam", augment=False)
+    used = LocalTrainer(build_model("cnn", 2, SIZE, seed=0))
+    w0 = get_exchanged(used.model)
+    used.fit(IMAGES, LABELS, cfg, seed=1, num_classes=2)
+    set_exchanged(used.model, w0)
+    used.fit(IMAGES, LABELS, cfg, seed=2, num_classes=2)
+    fresh = LocalTrainer(build_model("cnn", 2, SIZE, seed=0))
+    fresh.fit(IMAGES, LABELS, cfg, seed=2, num_classes=2)
+    assert int(used._optimizer.iterations.numpy()) == 8
+    np.testing.assert_array_equal(flat(get_exchanged(used.model)), flat(get_exchanged(fresh.model)))
 
 
 def test_fedlc_offsets_by_hand():
