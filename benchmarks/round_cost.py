@@ -3,6 +3,9 @@ reply, for a plain round, a FedBABU round (``frozen_classifier``) and a classifi
 round (``classifier_only``).
 
     .venv/bin/python benchmarks/round_cost.py --model cnn --image-size 28 --images 2000
+    .venv/bin/python benchmarks/round_cost.py --images 12 --epochs 5 --batch-size 8 --optimizer adam --repeat 50
+
+(the second: a site of the 1,000-site DP runs, ten steps a round, where a round's fixed costs count).
 
 The images are random pixels of the given size (the cost of a step does not depend on what the
 pixels show); each kind of round is trained once to trace its step, then timed over ``--repeat``
@@ -31,7 +34,7 @@ KINDS = {
 
 
 def measure(model_name: str, image_size: int, num_classes: int, images: int, batch_size: int,
-            repeat: int, seed: int = 0) -> list[dict[str, float | str]]:
+            repeat: int, seed: int = 0, *, epochs: int = 1, optimizer: str = "sgd") -> list[dict[str, float | str]]:
     from hemafed.exchange import HELD_KEY, UNCHANGED_KEY, ModelExchange, omit_unchanged, refer_to_held, tensor_digest
     from hemafed.models import build_model, get_exchanged, set_exchanged
     from hemafed.schemas import FitConfig
@@ -46,7 +49,8 @@ def measure(model_name: str, image_size: int, num_classes: int, images: int, bat
     held = frozenset(tensor_digest(w) for w in sent)
     out = []
     for kind, flags in KINDS.items():
-        config = FitConfig(local_epochs=1, batch_size=batch_size, learning_rate=0.01, optimizer="sgd",
+        config = FitConfig(local_epochs=epochs, batch_size=batch_size,
+                           learning_rate=1e-3 if optimizer == "adam" else 0.01, optimizer=optimizer,
                            augment=False, **flags)
         times, steps = [], 0
         for r in range(repeat + 1):  # round 0 traces the step: not timed
@@ -74,19 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="cnn")
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--classes", type=int, default=8)
-    p.add_argument("--images", type=int, default=2000, help="local training images (one epoch a round)")
+    p.add_argument("--images", type=int, default=2000, help="local training images")
+    p.add_argument("--epochs", type=int, default=1, help="local epochs a round")
+    p.add_argument("--optimizer", choices=["sgd", "sgdm", "adam"], default="sgd",
+                   help="the client optimizer (a fresh one every round, as at a hospital)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeat", type=int, default=3, help="timed rounds per kind (median printed)")
     p.add_argument("--threads", type=int, default=1, help="TensorFlow intra/inter-op threads")
     a = p.parse_args(argv)
-    if min(a.image_size, a.classes, a.images, a.batch_size, a.repeat, a.threads) < 1 or a.classes < 2:
+    if min(a.image_size, a.classes, a.images, a.epochs, a.batch_size, a.repeat, a.threads) < 1 or a.classes < 2:
         p.error("sizes, counts and threads must be positive (at least 2 classes)")
     from hemafed.training import configure_threads
 
     configure_threads(a.threads, a.threads)
-    rows = measure(a.model, a.image_size, a.classes, a.images, a.batch_size, a.repeat)
-    print(f"one hospital's round: {a.model}, {a.image_size} px, {a.classes} classes, {a.images} images x 1 epoch, "
-          f"batch {a.batch_size}, SGD, no augmentation, {a.threads} TF thread(s); median of {a.repeat}")
+    rows = measure(a.model, a.image_size, a.classes, a.images, a.batch_size, a.repeat,
+                   epochs=a.epochs, optimizer=a.optimizer)
+    print(f"one hospital's round: {a.model}, {a.image_size} px, {a.classes} classes, {a.images} images x "
+          f"{a.epochs} epoch(s), batch {a.batch_size}, {a.optimizer}, no augmentation, {a.threads} TF thread(s); "
+          f"median of {a.repeat}")
     print(f"{'round':>11} {'train s':>8} {'img/s':>7} {'steps':>6} {'upload':>11} {'download':>11} {'whole':>11} "
           f"{'tensors up':>11}")
     for r in rows:

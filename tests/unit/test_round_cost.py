@@ -51,3 +51,18 @@ def test_main_prints_a_row_per_kind_and_refuses_bad_sizes(capsys):
     with pytest.raises(SystemExit) as e:
         round_cost.main(["--classes", "1"])
     assert e.value.code == 2
+
+
+def test_epochs_and_optimizer_set_a_site_round(capsys):
+    """A 1,000-site run's site: a dozen images, several epochs of small batches, Adam."""
+    rows = round_cost.measure("cnn", 16, 3, images=13, batch_size=8, repeat=1, epochs=3, optimizer="adam")
+    assert [r["steps"] for r in rows] == [6, 6, 6]  # 3 epochs x ceil(13 / 8) batches, every kind
+    assert round_cost.main(["--image-size", "16", "--classes", "2", "--images", "13", "--batch-size", "8",
+                            "--epochs", "3", "--optimizer", "adam", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("one hospital's round: cnn, 16 px, 2 classes, 13 images x 3 epoch(s), batch 8, adam")
+    assert [line.split()[3] for line in out[2:]] == ["6", "6", "6"]
+    for bad in (["--epochs", "0"], ["--optimizer", "adagrad"]):
+        with pytest.raises(SystemExit) as e:
+            round_cost.main(bad)
+        assert e.value.code == 2
