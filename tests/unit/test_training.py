@@ -13,7 +13,7 @@ from hemafed.schemas import FitConfig
 pytest.importorskip("tensorflow")
 
 from hemafed.models import build_model, get_exchanged, set_exchanged  # noqa: E402
-from hemafed.training import LocalTrainer, UnsupportedConfig, _epochs, make_dataset  # noqa: E402
+from hemafed.training import LocalTrainer, UnsupportedConfig, make_dataset  # noqa: E402
 
 SIZE, N = 16, 16
 RNG = np.random.default_rng(0)
@@ -187,30 +187,45 @@ def test_optimizer_state_resets_each_round_unless_kept():
     assert float(trainer._optimizer.learning_rate.numpy()) == pytest.approx(5e-4)  # the epoch's rate applies
 
 
+def _batches(ds, n=None):
+    return [(x.numpy(), y.numpy()) for x, y, _ in (ds if n is None else ds.take(n))]
+
+
 @pytest.mark.parametrize("augment", [False, True])
-@pytest.mark.parametrize("cap", [0, 2, 5])
-def test_epochs_are_the_batches_of_a_fresh_pass_per_epoch(augment, cap):
-    """The trainer's one iterator over every epoch gives, epoch by epoch, the batches a fresh pass
-    over the dataset gives (reshuffled each epoch from the same seed; augmented alike); with a cap
-    below an epoch's batches, each epoch's first ``cap`` batches (their images compared only without
-    augmentation: the cut pass's prefetch has drawn a timing-dependent number of augmentations ahead,
-    in the trainer as in any cut pass)."""
-    n, epochs, batch = 13, 3, 4  # 4 batches an epoch, the last of 1 image
-    images, labels = IMAGES[:n], np.arange(n) % 5
-    cfg = FitConfig(local_epochs=epochs, batch_size=batch, augment=augment, max_steps_per_epoch=cap)
+def test_passes_are_fresh_passes_one_after_another(augment):
+    """``passes=3``: the batches of three fresh iterations over the one-pass dataset, in order
+    (each reshuffled from the same seed; augmented alike): the trainer's epochs from one iterator."""
+    images, labels = IMAGES[:13], np.arange(13) % 5  # batches of 4: 4 an epoch, the last of 1 image
 
-    def dataset():
-        return make_dataset(images, labels, batch_size=batch, shuffle=True, augment=augment, seed=7)
+    def dataset(**kw):
+        return make_dataset(images, labels, batch_size=4, shuffle=True, augment=augment, seed=7, **kw)
 
-    reference = dataset()
-    per_epoch = cap if 0 < cap < 4 else 4
-    expected = [[(x.numpy(), y.numpy()) for x, y, _ in reference.take(per_epoch)] for _ in range(epochs)]
-    got = [[(x.numpy(), y.numpy()) for x, y, _ in batches] for batches in _epochs(dataset(), n, cfg)]
-    assert [len(e) for e in got] == [per_epoch] * epochs
-    assert [[y.tolist() for _, y in e] for e in got] == [[y.tolist() for _, y in e] for e in expected]
-    if not (augment and 0 < cap < 4):  # a cut pass's prefetch draws augmentations ahead, as many as it got to
-        assert all(np.array_equal(a, b) for eg, ee in zip(got, expected) for (a, _), (b, _) in zip(eg, ee))
-    assert [y.tolist() for _, y in got[0]] != [y.tolist() for _, y in got[1]]  # each epoch reshuffled
+    one = dataset()
+    expected = [b for _ in range(3) for b in _batches(one)]
+    got = _batches(dataset(passes=3))
+    assert [y.tolist() for _, y in got] == [y.tolist() for _, y in expected] and len(got) == 12
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, expected))
+    assert got[0][1].tolist() != got[4][1].tolist()  # each pass reshuffled
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_a_cut_pass_is_the_start_of_a_fresh_pass_and_does_not_depend_on_the_prefetch(augment):
+    """``batches_per_pass=2``: each pass the first two batches of a fresh pass (the same order);
+    cut before augmentation, so two builds give the same images (a pass cut after the prefetch
+    had augmented a timing-dependent number of batches ahead)."""
+    images, labels = IMAGES[:13], np.arange(13) % 5
+
+    def dataset(**kw):
+        return make_dataset(images, labels, batch_size=4, shuffle=True, augment=augment, seed=7, **kw)
+
+    one = dataset()
+    expected = [b for _ in range(3) for b in _batches(one, 2)]
+    runs = [_batches(dataset(batches_per_pass=2, passes=3)) for _ in range(3)]
+    for got in runs:
+        assert [y.tolist() for _, y in got] == [y.tolist() for _, y in expected]
+        assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, runs[0]))
+        if not augment:
+            assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, expected))
 
 
 def test_a_reset_optimizer_trains_as_a_new_one():
