@@ -191,18 +191,19 @@ def _batches(ds, n=None):
     return [(x.numpy(), y.numpy()) for x, y, _ in (ds if n is None else ds.take(n))]
 
 
+def _dataset(augment: bool, **kw):
+    """13 images in batches of 4: 4 batches a pass, the last of 1 image."""
+    return make_dataset(IMAGES[:13], np.arange(13) % 5, batch_size=4, shuffle=True, augment=augment, seed=7,
+                        **kw)
+
+
 @pytest.mark.parametrize("augment", [False, True])
 def test_passes_are_fresh_passes_one_after_another(augment):
     """``passes=3``: the batches of three fresh iterations over the one-pass dataset, in order
     (each reshuffled from the same seed; augmented alike): the trainer's epochs from one iterator."""
-    images, labels = IMAGES[:13], np.arange(13) % 5  # batches of 4: 4 an epoch, the last of 1 image
-
-    def dataset(**kw):
-        return make_dataset(images, labels, batch_size=4, shuffle=True, augment=augment, seed=7, **kw)
-
-    one = dataset()
+    one = _dataset(augment)
     expected = [b for _ in range(3) for b in _batches(one)]
-    got = _batches(dataset(passes=3))
+    got = _batches(_dataset(augment, passes=3))
     assert [y.tolist() for _, y in got] == [y.tolist() for _, y in expected] and len(got) == 12
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, expected))
     assert got[0][1].tolist() != got[4][1].tolist()  # each pass reshuffled
@@ -213,14 +214,9 @@ def test_a_cut_pass_is_the_start_of_a_fresh_pass_and_does_not_depend_on_the_pref
     """``batches_per_pass=2``: each pass the first two batches of a fresh pass (the same order);
     cut before augmentation, so two builds give the same images (a pass cut after the prefetch
     had augmented a timing-dependent number of batches ahead)."""
-    images, labels = IMAGES[:13], np.arange(13) % 5
-
-    def dataset(**kw):
-        return make_dataset(images, labels, batch_size=4, shuffle=True, augment=augment, seed=7, **kw)
-
-    one = dataset()
+    one = _dataset(augment)
     expected = [b for _ in range(3) for b in _batches(one, 2)]
-    runs = [_batches(dataset(batches_per_pass=2, passes=3)) for _ in range(3)]
+    runs = [_batches(_dataset(augment, batches_per_pass=2, passes=3)) for _ in range(3)]
     for got in runs:
         assert [y.tolist() for _, y in got] == [y.tolist() for _, y in expected]
         assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, runs[0]))
