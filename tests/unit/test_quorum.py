@@ -19,7 +19,8 @@ def _no_tensorflow(monkeypatch):
 
 
 class Watcher:
-    """Records the server's (status, message) each time a hospital is probed."""
+    """Records the server's (status, message) each time a hospital is probed (a health probe is in
+    flight then: the window in which a status read once saw ``waiting_for_clients`` with an empty message)."""
 
     def __init__(self) -> None:
         self.server = None
@@ -31,6 +32,9 @@ class Watcher:
                 self.seen.append((self.server.state.status, self.server.state.message))
             return answer(n)
         return probe
+
+    def waiting_messages(self) -> list[str]:
+        return [m for s, m in self.seen if s == "waiting_for_clients"]
 
 
 async def test_a_round_below_min_clients_waits_then_runs_again_when_a_hospital_is_back(tmp_path):
@@ -45,7 +49,8 @@ async def test_a_round_below_min_clients_waits_then_runs_again_when_a_hospital_i
     w.server = server
     state = await asyncio.wait_for(server.run(), 60)
     assert state.status == "finished", state.message
-    waiting = [m for s, m in w.seen if s == "waiting_for_clients" and "round 2" in m]
+    assert w.waiting_messages() and all(m.endswith("healthy, need 2") for m in w.waiting_messages())
+    waiting = [m for m in w.waiting_messages() if "round 2" in m]
     assert waiting and "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2" in waiting[0]
     assert waiting[0].endswith("; 1/3 healthy, need 2")
     assert hs[0].fits == [1, 2, 2, 3]  # round 2 ran twice: the first attempt was not aggregated
@@ -80,6 +85,9 @@ async def test_hospitals_that_never_come_back_fail_the_run_after_wait_for_client
     assert 1.0 <= elapsed < 10
     assert ("waiting_for_clients",
             "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2; 1/3 healthy, need 2") in w.seen
+    # never the waiting status with a stale message, not even during the first probe of the wait
+    assert set(w.waiting_messages()) == {
+        "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2; 1/3 healthy, need 2"}
     run = store.get_run("ck")
     assert run.status.value == "failed" and run.message == state.message
     assert [r.round for r in store.list_rounds("ck")] == [1]
@@ -106,3 +114,4 @@ async def test_the_start_waits_with_a_clear_status_and_fails_cleanly(tmp_path):
     assert state.status == "failed"
     assert state.message == "only 1 of 3 hospitals became healthy within 0s; MIN_CLIENTS is 2"
     assert ("waiting_for_clients", "1/3 healthy, need 2 (MIN_CLIENTS)") in w.seen
+    assert set(w.waiting_messages()) == {"1/3 healthy, need 2 (MIN_CLIENTS)"}

@@ -189,16 +189,17 @@ class FederatedServer:
                            mark_healthy: bool) -> list[HospitalClient]:
         """Probe every hospital's health with bounded retries (exponential back-off, WAIT_FOR_CLIENTS in
         all) until ``until(number healthy)``; the status is ``waiting_for_clients`` with ``message(n)``
-        meanwhile. Unreachable hospitals are marked so (healthy ones too with ``mark_healthy``).
+        meanwhile, set together after each probe (a probe of stopped hospitals can take seconds, and a
+        status read in between must never pair ``waiting_for_clients`` with the previous message).
+        Unreachable hospitals are marked so (healthy ones too with ``mark_healthy``).
         Returns the healthy hospitals of the last probe."""
-        self.state.status = "waiting_for_clients"
 
         async def probe() -> list[HospitalClient]:
             ok = await asyncio.gather(*(c.health() for c in self.clients))
             for c, good in zip(self.clients, ok):
                 if mark_healthy or not good:
                     self.state.hospitals[c.id].status = "healthy" if good else "unreachable"
-            self.state.message = message(sum(ok))
+            self.state.status, self.state.message = "waiting_for_clients", message(sum(ok))
             return [c for c, good in zip(self.clients, ok) if good]
 
         retrying = AsyncRetrying(
