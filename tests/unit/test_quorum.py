@@ -37,12 +37,25 @@ class Watcher:
         return [m for s, m in self.seen if s == "waiting_for_clients"]
 
 
+class WatchedHospital(FakeHospital):
+    """A fake hospital that also records the server's (status, message) at each fit it is asked for."""
+
+    def __init__(self, hid: str, watcher: Watcher, **kw) -> None:
+        super().__init__(hid, **kw)
+        self.watcher = watcher
+
+    async def fit(self, rnd, ins, task):
+        if self.watcher.server is not None:
+            self.watcher.seen.append((self.watcher.server.state.status, self.watcher.server.state.message))
+        return await super().fit(rnd, ins, task)
+
+
 async def test_a_round_below_min_clients_waits_then_runs_again_when_a_hospital_is_back(tmp_path):
     w = Watcher()
     store = InMemoryStore()
     # round 2: hospitals 2 and 3 fail their fit once, then their health for a probe or two
-    hs = [FakeHospital("hospital-1"), FakeHospital("hospital-2", dead_rounds={2}, dead_attempts=1,
-                                                     alive=w.alive(lambda n: n == 1 or n >= 3)),
+    hs = [WatchedHospital("hospital-1", w), FakeHospital("hospital-2", dead_rounds={2}, dead_attempts=1,
+                                                         alive=w.alive(lambda n: n == 1 or n >= 3)),
           FakeHospital("hospital-3", dead_rounds={2}, dead_attempts=1, alive=w.alive(lambda n: n == 1 or n >= 4))]
     server = make_server(tmp_path, hs, store=store, strategy="fedavg", fraction_fit=1.0, rounds=3,
                          wait_for_clients=20)
@@ -54,6 +67,15 @@ async def test_a_round_below_min_clients_waits_then_runs_again_when_a_hospital_i
     assert waiting and "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2" in waiting[0]
     assert waiting[0].endswith("; 1/3 healthy, need 2")
     assert hs[0].fits == [1, 2, 2, 3]  # round 2 ran twice: the first attempt was not aggregated
+    failed = "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2"
+    # hospital-1's fits of rounds 1 and 2, plain; the wait's first probe (of hospitals 2 and 3, in
+    # flight) says why the round stopped; round 2 again says why it runs again; round 3 plain again
+    assert [x for x in w.seen if x[0] == "running"] == [
+        ("running", ""), ("running", ""),
+        *[("running", f"{failed}; checking which hospitals are healthy")] * 2,
+        ("running", f"round 2 again (retry 1/2) after: {failed}"),
+        ("running", "")]
+    assert state.message == ""
     rounds = store.list_rounds("ck")
     assert [r.round for r in rounds] == [1, 2, 3]
     assert {h: m.status for h, m in rounds[1].hospitals.items()} == {
@@ -85,6 +107,10 @@ async def test_hospitals_that_never_come_back_fail_the_run_after_wait_for_client
     assert 1.0 <= elapsed < 10
     assert ("waiting_for_clients",
             "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2; 1/3 healthy, need 2") in w.seen
+    # while the wait's first probe is in flight the status is still running, with the round's failure
+    assert ("running", "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2; checking which hospitals "
+                       "are healthy") in w.seen
+    assert ("running", "") not in w.seen
     # never the waiting status with a stale message, not even during the first probe of the wait
     assert set(w.waiting_messages()) == {
         "round 2: only 1 hospital(s) answered; MIN_CLIENTS is 2; 1/3 healthy, need 2"}

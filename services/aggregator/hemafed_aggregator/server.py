@@ -487,6 +487,7 @@ class FederatedServer:
         for attempt in range(retries + 1):
             try:
                 await self._round(rnd, spec)
+                self.state.message = ""  # a retry's message is over once its round is done
                 return
             except TooFewAnswers as exc:
                 self.failed_attempts.append({"message": str(exc), "hospitals": exc.hospitals})
@@ -494,8 +495,11 @@ class FederatedServer:
                     raise RunFailed(f"{exc}; gave up after {retries} retries (ROUND_RETRIES)") from None
                 log.warning("%s: waiting for MIN_CLIENTS healthy hospitals, then round %d again (retry %d/%d)",
                             exc, rnd, attempt + 1, retries, extra={"round": rnd})
+                # the first health probe can take seconds (stopped containers): say why the round stopped
+                self.state.message = f"{exc}; checking which hospitals are healthy"
                 await self._wait_for_quorum(str(exc))
                 self.state.status = "running"
+                self.state.message = f"round {rnd} again (retry {attempt + 1}/{retries}) after: {exc}"
 
     async def _wait_for_quorum(self, reason: str) -> None:
         """Wait (WAIT_FOR_CLIENTS in all) until MIN_CLIENTS hospitals are healthy; the status says so
