@@ -46,6 +46,33 @@ def test_denominator_is_number_selected_not_answered() -> None:
     np.testing.assert_allclose(s.aggregate_train(1, [arr(0, 0)], two(), [])[0], [0.3, 0.4])
 
 
+def test_sampled_hospitals_are_drawn_from_fresh_entropy_unless_noise_is_seeded() -> None:
+    """Amplification by sampling assumes the adversary does not know who took part: the run's SEED
+    (recorded in its config) must not decide the draw of a deployment (no noise_seed)."""
+    clients = [Client(f"h{i}") for i in range(1000)]
+
+    def drawn(s: DPFedAvg, server_rng: np.random.Generator) -> list[str]:
+        return sorted(c.id for c, _ in s.configure_train(1, [arr(0, 0)], clients, server_rng))
+
+    server = np.random.default_rng(0)
+    before = server.bit_generator.state
+    a = drawn(DPFedAvg(fraction_fit=0.2), server)
+    assert len(a) == 200 and server.bit_generator.state == before  # the server's generator is not used
+    # two deployments with the same run seed draw different hospitals (equal: probability ~1e-215)
+    assert a != drawn(DPFedAvg(fraction_fit=0.2), np.random.default_rng(0))
+    # the draw is part of the checkpointed generator: a resumed deployment draws what it would have
+    s = DPFedAvg(fraction_fit=0.2)
+    saved = s.state_dict()
+    resumed = DPFedAvg(fraction_fit=0.2)
+    resumed.load_state_dict(saved)
+    assert drawn(resumed, np.random.default_rng(1)) == drawn(s, np.random.default_rng(2))
+    # with noise_seed, the server's run-seeded draw, exactly FedAvg's (the measured experiments)
+    fedavg = build_strategy("fedavg", fraction_fit=0.2)
+    expected = sorted(c.id for c, _ in fedavg.configure_train(1, [arr(0, 0)], clients, np.random.default_rng(0)))
+    assert drawn(DPFedAvg(fraction_fit=0.2, noise_seed=5), np.random.default_rng(0)) == expected
+    assert drawn(DPFedAvg(fraction_fit=0.2, noise_seed=6), np.random.default_rng(0)) == expected
+
+
 def test_clip_is_on_the_update_across_tensors_with_server_lr() -> None:
     # x = ([1], [1]); model ([4], [5]) -> update ([3], [4]), norm 5, clip 2 -> ([1.2], [1.6]); lr 0.5
     s = DPFedAvg(noise_multiplier=0.0, clip_norm=2.0, server_lr=0.5)

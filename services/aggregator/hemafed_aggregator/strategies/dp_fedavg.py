@@ -51,10 +51,13 @@ numpy seeds the generator from the operating system's entropy (``SeedSequence``,
 noise drawn from a known seed can be regenerated and subtracted by anyone who knows the seed, which
 voids the guarantee, so a fixed seed is for reproducible experiments only. The generator's state is
 in :meth:`state_dict` (the aggregator's checkpoint) so a resumed run draws the noise it would have
-drawn. Caveats: numpy's PCG64 is not a cryptographically secure generator (nor is the
-generator of Opacus' default, non-secure mode); and the hospitals sampled each round are drawn by the
-server's run-seeded generator, so with ``fraction_fit < 1`` the amplification by sampling that the
-accounting credits assumes that draw is kept from the adversary.
+drawn. The hospitals sampled each round (``fraction_fit < 1``) must be as secret as the noise:
+the amplification by sampling that the accounting credits assumes the adversary does not know
+which hospitals took part. Without ``noise_seed`` they are drawn by the same entropy-seeded
+generator, not by the server's generator (seeded with the run's SEED, which the run's config
+records); with ``noise_seed`` (a reproducible experiment, whose guarantee the known seed voids
+anyway) by the server's generator, as every other strategy draws them. Caveat: numpy's PCG64 is
+not a cryptographically secure generator (nor is the generator of Opacus' default, non-secure mode).
 """
 
 from __future__ import annotations
@@ -181,7 +184,9 @@ class DPFedAvg(Strategy):
     def configure_train(
         self, rnd: int, weights: Weights, clients: list[ClientRef], rng: np.random.Generator
     ) -> list[tuple[ClientRef, FitIns]]:
-        chosen = super().configure_train(rnd, weights, clients, rng)
+        # the draw must be secret in a deployment (see the module docstring): the run-seeded server
+        # generator only for a reproducible experiment (noise_seed given)
+        chosen = super().configure_train(rnd, weights, clients, rng if self.noise_seed is not None else self.rng)
         self.last_selected = len(chosen)
         return chosen
 
