@@ -3,6 +3,10 @@ report the real round loop sends to the metrics service when one hospital attack
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -82,3 +86,44 @@ async def test_the_round_loop_reports_the_flags_to_the_metrics_service(tmp_path,
         assert [h for h, o in out.items() if o["flagged"]] == ["hospital-3"], out
         assert out["hospital-3"]["norm_ratio"] > 3
         assert all(isinstance(o["norm"], float) and -1 <= o["cosine"] <= 1 for o in out.values())
+
+
+@pytest.mark.anyio
+async def test_the_outlier_report_and_aggregation_leave_the_event_loop_free(tmp_path, monkeypatch):
+    """Both are numpy work of seconds for many hospitals or a large model: the round loop runs them in
+    a worker thread, so the event loop (the aggregator's /health and /api/status) answers meanwhile."""
+    import hemafed_aggregator.server as server_module
+
+    patch_modelops(monkeypatch)
+    calls: list[dict] = []
+    ticks = 0
+
+    def slow_report(*args, **kw):
+        before = ticks
+        time.sleep(0.3)  # blocking, as the real numpy work is
+        calls.append({"main_thread": threading.current_thread() is threading.main_thread(),
+                      "ticks": ticks - before})
+        return outlier_report(*args, **kw)
+
+    monkeypatch.setattr(server_module, "outlier_report", slow_report)
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    tick = asyncio.create_task(ticker())
+    store = InMemoryStore()
+    hs = [FakeHospital("hospital-1"), FakeHospital("hospital-2"), FakeHospital("hospital-3", attack="scale"),
+          FakeHospital("hospital-4")]
+    try:
+        state = await make_server(tmp_path, hs, store=store, strategy="median", fraction_fit=1.0, rounds=2).run()
+    finally:
+        tick.cancel()
+    assert state.status == "finished", state.message
+    assert len(calls) == 2 and not any(c["main_thread"] for c in calls)
+    assert all(c["ticks"] >= 5 for c in calls), calls  # ~30 ticks of 10 ms fit in 0.3 s; blocked: 0
+    # the report still reaches the metrics service, flags and all
+    assert [[h for h, o in r.report["outliers"].items() if o["flagged"]] for r in store.list_rounds("ck")] == [
+        ["hospital-3"], ["hospital-3"]]

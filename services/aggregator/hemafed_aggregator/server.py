@@ -252,9 +252,7 @@ class FederatedServer:
                 {h: {"status": m.status, "message": m.message} for h, m in hospital_metrics.items()},
             )
         stale = self._stale_updates(results, absent)
-        outliers = outlier_report(self.weights, results, norm_factor=self.run_cfg.outlier_norm_factor,
-                                  min_cosine=self.run_cfg.outlier_min_cosine)
-        self.weights = self.strategy.aggregate_train(rnd, self.weights, results + stale, failures)
+        outliers, self.weights = await asyncio.to_thread(self._aggregate, rnd, results, stale, failures)
         eval_clients = self.strategy.configure_evaluate(rnd, self.weights, present, self.rng)
         evals = await self._evaluate_all(rnd, eval_clients, hospital_metrics)
         glob = self.strategy.aggregate_evaluate(rnd, evals)
@@ -291,6 +289,15 @@ class FederatedServer:
             len(results), len(pairs), _fmt(median), _fmt(glob.get("val_accuracy_mean")), duration,
             extra={"round": rnd},
         )
+
+    def _aggregate(self, rnd: int, results: list[FitRes], stale: list[FitRes],
+                   failures: list[Failure]) -> tuple[dict[str, Any], Weights]:
+        """The round's outlier report on the fresh updates and the new global weights (numpy, seconds
+        for many hospitals or a large model: run in a worker thread, so that /health and /api/status
+        answer meanwhile)."""
+        outliers = outlier_report(self.weights, results, norm_factor=self.run_cfg.outlier_norm_factor,
+                                  min_cosine=self.run_cfg.outlier_min_cosine)
+        return outliers, self.strategy.aggregate_train(rnd, self.weights, results + stale, failures)
 
     def _participants(self, rnd: int) -> tuple[list[HospitalClient], list[HospitalClient]]:
         """Hospitals present / departed in round ``rnd`` (PARTICIPATION; all present by default)."""
