@@ -26,10 +26,13 @@ class Watcher:
         self.server = None
         self.seen: list[tuple[str, str]] = []
 
+    def record(self) -> None:
+        if self.server is not None:
+            self.seen.append((self.server.state.status, self.server.state.message))
+
     def alive(self, answer):
         def probe(n: int) -> bool:
-            if self.server is not None:
-                self.seen.append((self.server.state.status, self.server.state.message))
+            self.record()
             return answer(n)
         return probe
 
@@ -45,8 +48,7 @@ class WatchedHospital(FakeHospital):
         self.watcher = watcher
 
     async def fit(self, rnd, ins, task):
-        if self.watcher.server is not None:
-            self.watcher.seen.append((self.watcher.server.state.status, self.watcher.server.state.message))
+        self.watcher.record()
         return await super().fit(rnd, ins, task)
 
 
